@@ -1,0 +1,81 @@
+"""Typed errors raised by the driver.
+
+Glance's driver swallows ``sqlite3.DatabaseError`` and carries on with ``None``
+results; ours never does. Every database problem surfaces as one of these, so
+callers can tell a busy database (retry later) from a missing or corrupt one
+(operator action needed) without parsing SQLite's message strings.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+
+class DriverError(Exception):
+    """Base class of every error the driver raises on purpose."""
+
+
+class BadDriverConfiguration(DriverError):
+    """The settings cannot describe a usable cache (e.g. no cache directory)."""
+
+
+class InvalidImageId(DriverError, ValueError):
+    """An image id that is not a safe, single path component."""
+
+    def __init__(self, image_id: object, reason: str) -> None:
+        shown = repr(image_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid image id {shown}: {reason}")
+        self.image_id = image_id
+        self.reason = reason
+
+
+class CacheDirectoryError(DriverError):
+    """The cache directory is missing, not a directory, or unusable."""
+
+
+class DatabaseError(DriverError):
+    """A problem with ``cache.db``; ``path`` names the file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.detail = message
+
+
+class DatabaseMissing(DatabaseError):
+    """``cache.db`` does not exist; only ``initialize_db`` creates it."""
+
+
+class DatabaseCorrupt(DatabaseError):
+    """SQLite says the file is not a database, or its image is malformed."""
+
+
+class DatabaseLocked(DatabaseError):
+    """Another connection held the lock longer than our busy timeout."""
+
+
+class DatabaseReadOnly(DatabaseError):
+    """The database (or its directory) cannot be written."""
+
+
+class SchemaMismatch(DatabaseError):
+    """The file is a database, but ``cached_images`` is missing or different."""
+
+
+def translate(path: str, exc: sqlite3.Error) -> DatabaseError:
+    """Map a raw ``sqlite3`` exception to the typed error that explains it."""
+    message = str(exc)
+    lowered = message.lower()
+    if "locked" in lowered or "busy" in lowered:
+        return DatabaseLocked(path, f"database is locked (busy timeout exceeded): {message}")
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return DatabaseCorrupt(path, f"database is corrupt: {message}")
+    if "readonly" in lowered or "read-only" in lowered:
+        return DatabaseReadOnly(path, f"database is read-only: {message}")
+    if "no such table" in lowered or "no such column" in lowered:
+        return SchemaMismatch(path, f"not a Glance cache database: {message}")
+    if "unable to open" in lowered:
+        return DatabaseMissing(path, f"cannot open database: {message}")
+    return DatabaseError(path, message)

@@ -1,0 +1,181 @@
+"""Where things live in a Glance cache directory, and what each entry is.
+
+Glance treats every regular file in the base directory (except the database
+path) as a cached image; that sweeps in lock files, SQLite's journal and any
+stray file an operator dropped there. We classify each entry instead, and only
+entries classified as images are ever counted, listed or deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .ids import image_id_problem, is_uuid
+
+#: The three state subdirectories Glance creates under the base directory.
+STATES = ("incomplete", "invalid", "queue")
+
+#: Lock files oslo.concurrency creates in ``lock_path`` (by default the base
+#: directory) for Glance's cache, plus the xattr driver's probe file.
+GLANCE_RESERVED_NAMES = frozenset(
+    {
+        "image_cache_db_init",
+        "glance-cache",
+        "glance-cache-clean",
+        "glance-cache-prune",
+        "sqlite_centralized_migrate",
+        "checkme",
+    }
+)
+
+#: Suffixes SQLite appends to the database path for its side files.
+SQLITE_SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
+
+
+class EntryKind(enum.Enum):
+    """What an entry of the base directory is."""
+
+    IMAGE = "image"
+    DATABASE = "database"
+    DB_SIDE_FILE = "db_side_file"
+    LOCK_FILE = "lock_file"
+    FOREIGN = "foreign"
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One regular file seen by a scan (``lstat``: symlinks are never followed)."""
+
+    name: str
+    path: str
+    size: int
+    mtime: float
+    atime: float
+    ctime: float
+    inode: int
+    device: int
+
+    @classmethod
+    def from_stat(cls, name: str, path: str, st: os.stat_result) -> "FileInfo":
+        return cls(
+            name=name,
+            path=path,
+            size=st.st_size,
+            mtime=st.st_mtime,
+            atime=st.st_atime,
+            ctime=st.st_ctime,
+            inode=st.st_ino,
+            device=st.st_dev,
+        )
+
+    def same_file(self, st: os.stat_result) -> bool:
+        """True when ``st`` describes the very file this scan saw, unchanged."""
+        return (
+            st.st_ino == self.inode
+            and st.st_dev == self.device
+            and st.st_size == self.size
+            and st.st_mtime == self.mtime
+        )
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Paths of one cache directory and the rules that classify its entries."""
+
+    base_dir: str
+    db_path: str
+
+    @classmethod
+    def create(cls, base_dir: str | os.PathLike[str], db_name: str = "cache.db") -> "CacheLayout":
+        base = os.path.abspath(os.fspath(base_dir))
+        # os.path.join: an absolute db name replaces the base, as in Glance.
+        return cls(base_dir=base, db_path=os.path.normpath(os.path.join(base, db_name)))
+
+    @property
+    def db_in_base(self) -> bool:
+        return os.path.dirname(self.db_path) == self.base_dir
+
+    @property
+    def reserved_names(self) -> frozenset[str]:
+        """Names in the base directory that can never be image ids."""
+        names = set(GLANCE_RESERVED_NAMES)
+        if self.db_in_base:
+            db_name = os.path.basename(self.db_path)
+            names.add(db_name)
+            names.update(db_name + suffix for suffix in SQLITE_SIDE_SUFFIXES)
+        return frozenset(names)
+
+    def state_dir(self, state: str) -> str:
+        if state not in STATES:
+            raise ValueError(f"unknown cache state {state!r}")
+        return os.path.join(self.base_dir, state)
+
+    def image_path(self, image_id: str, state: str = "active") -> str:
+        """Path of ``image_id`` in ``state`` (``active`` is the base directory).
+
+        The id must already be validated: this only joins.
+        """
+        if state == "active":
+            return os.path.join(self.base_dir, image_id)
+        return os.path.join(self.state_dir(state), image_id)
+
+    def classify(self, name: str) -> EntryKind:
+        """Classify a name found in the base directory."""
+        path = os.path.join(self.base_dir, name)
+        if path == self.db_path:
+            return EntryKind.DATABASE
+        if self.db_in_base and any(path == self.db_path + s for s in SQLITE_SIDE_SUFFIXES):
+            return EntryKind.DB_SIDE_FILE
+        if name in GLANCE_RESERVED_NAMES:
+            return EntryKind.LOCK_FILE
+        if image_id_problem(name, self.reserved_names) is not None:
+            return EntryKind.FOREIGN
+        return EntryKind.IMAGE
+
+
+def scan_regular_files(directory: str) -> Iterator[FileInfo]:
+    """Yield every regular file directly in ``directory``.
+
+    Uses ``lstat``: symlinks, directories, fifos and sockets are skipped, so a
+    symlink pointing out of the cache is never counted or followed. An entry
+    that vanishes between listing and stat is skipped, not an error: Glance's
+    own commits and deletes race with any scan. A missing directory yields
+    nothing.
+    """
+    try:
+        it = os.scandir(directory)
+    except FileNotFoundError:
+        return
+    with it:
+        for entry in it:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield FileInfo.from_stat(entry.name, entry.path, st)
+
+
+def looks_like_lock_file(info: FileInfo) -> bool:
+    """A zero-byte file whose name is not a UUID: almost surely an oslo lock.
+
+    oslo.concurrency can create lock files with any name in ``lock_path``; a
+    real cached image is never empty and, coming from Glance's API, is named
+    by a UUID. Such files are treated as foreign, never as orphans.
+    """
+    return info.size == 0 and not is_uuid(info.name)
+
+
+__all__ = [
+    "STATES",
+    "GLANCE_RESERVED_NAMES",
+    "CacheLayout",
+    "EntryKind",
+    "FileInfo",
+    "looks_like_lock_file",
+    "scan_regular_files",
+]

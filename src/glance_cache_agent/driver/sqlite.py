@@ -1,0 +1,492 @@
+"""The sqlite cache driver: Glance's driver API, on Glance's on-disk format.
+
+Method names, arguments and return values follow
+``glance.image_cache.drivers.sqlite.Driver`` so that code written against
+Glance's driver runs against this one. Where Glance is wrong we deliberately
+differ (see docs/compatibility.md); each such place says so in its docstring.
+
+The driver is configured from a ``CacheSettings`` object and knows nothing of
+the agent, its config file or its scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .db import SCHEMA, Database, TxnObserver
+from .errors import BadDriverConfiguration, CacheDirectoryError
+from .ids import validate_image_id
+from .layout import STATES, CacheLayout, EntryKind, FileInfo, scan_regular_files
+from .openfiles import files_open_for_writing
+from .oslo_lock import external_lock
+from .settings import CacheSettings
+
+LOG = logging.getLogger(__name__)
+
+#: Rows changed per write transaction in bulk operations: small enough that
+#: one transaction stays far below Glance's 2 s lock budget (about 5 ms).
+BATCH_ROWS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRow:
+    """One row of ``cached_images``."""
+
+    image_id: str
+    last_accessed: float
+    last_modified: float
+    size: int
+    hits: int
+
+    def as_glance_dict(self) -> dict[str, Any]:
+        """The dict shape Glance's ``get_cached_images`` returns."""
+        return {
+            "image_id": self.image_id,
+            "hits": self.hits,
+            "last_accessed": self.last_accessed,
+            "last_modified": self.last_modified,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class BaseScan:
+    """The base directory, classified: image files and everything else."""
+
+    images: dict[str, FileInfo]
+    others: dict[EntryKind, list[FileInfo]]
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(info.size for info in self.images.values())
+
+
+def delete_cached_file(path: str) -> None:
+    """Remove ``path``; a file that is already gone is not an error.
+
+    Other ``OSError``s (EACCES, EIO, EROFS...) propagate, as in Glance.
+    """
+    LOG.debug("Deleting image cache file '%s'", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def fsync_directory(path: str) -> None:
+    """Make unlinks and renames in ``path`` durable before we commit rows."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Driver:
+    """Cache driver for Glance's ``sqlite`` layout (``cache.db`` + state dirs)."""
+
+    def __init__(self, settings: CacheSettings, txn_observer: TxnObserver | None = None) -> None:
+        if settings.cache_dir is None or not os.fspath(settings.cache_dir):
+            raise BadDriverConfiguration(
+                "no cache directory configured (Glance's image_cache_dir is unset)"
+            )
+        self.settings = settings
+        self.layout = CacheLayout.create(settings.cache_dir, settings.db)
+        self.base_dir = self.layout.base_dir
+        self.db_path = self.layout.db_path
+        self.db = Database(self.db_path, settings.busy_timeout, txn_observer)
+
+    # ------------------------------------------------------------------ setup
+
+    def configure(self) -> None:
+        """Create the state directories and the database, like Glance does."""
+        self.set_paths()
+        self.initialize_db()
+
+    def set_paths(self) -> None:
+        """Create the base directory and ``incomplete/ invalid/ queue/``."""
+        if os.path.lexists(self.base_dir) and not os.path.isdir(self.base_dir):
+            raise CacheDirectoryError(f"{self.base_dir}: cache path exists but is not a directory")
+        for path in (self.base_dir, *(self.layout.state_dir(s) for s in STATES)):
+            os.makedirs(path, exist_ok=True)
+
+    def initialize_db(self) -> None:
+        """Create ``cached_images`` if needed; the only method that creates the db.
+
+        Runs under Glance's ``image_cache_db_init`` lock and inside our busy
+        timeout (Glance's ``executescript`` has zero lock tolerance). Existing
+        rows and the journal mode are left as they are.
+        """
+        lock_dir = self.settings.effective_lock_path or self.base_dir
+        os.makedirs(lock_dir, exist_ok=True)
+        with external_lock(lock_dir, "image_cache_db_init", timeout=self.settings.busy_timeout):
+            with self.db.connect(create=True) as conn:
+                conn.execute(SCHEMA)
+                self.db.check_schema(conn)
+
+    def check_database(self) -> list[str]:
+        """Verify schema and run ``PRAGMA quick_check``; return problems found."""
+        with self.db.connect() as conn:
+            self.db.check_schema(conn)
+        return self.db.quick_check()
+
+    # -------------------------------------------------------------- paths/ids
+
+    def _id(self, image_id: object) -> str:
+        return validate_image_id(image_id, self.layout.reserved_names)
+
+    def get_image_filepath(self, image_id: object, cache_status: str = "active") -> str:
+        """Path of the image file for ``cache_status`` (``active`` or a state dir)."""
+        return self.layout.image_path(self._id(image_id), cache_status)
+
+    def get_image_size(self, image_id: object) -> int:
+        """Size of the cached file; raises FileNotFoundError when not cached."""
+        return os.path.getsize(self.get_image_filepath(image_id))
+
+    # ---------------------------------------------------------------- listing
+
+    def scan_base(self) -> BaseScan:
+        """Classify every regular file of the base directory (one scandir)."""
+        images: dict[str, FileInfo] = {}
+        others: dict[EntryKind, list[FileInfo]] = {}
+        for info in scan_regular_files(self.base_dir):
+            kind = self.layout.classify(info.name)
+            if kind is EntryKind.IMAGE:
+                images[info.name] = info
+            else:
+                others.setdefault(kind, []).append(info)
+        return BaseScan(images=images, others=others)
+
+    def scan_state(self, state: str) -> list[FileInfo]:
+        """Regular files with valid image-id names in a state directory."""
+        directory = self.layout.state_dir(state)
+        return [
+            info
+            for info in scan_regular_files(directory)
+            if self.layout.classify(info.name) is EntryKind.IMAGE
+        ]
+
+    def get_cache_files(self, basepath: str) -> Iterator[str]:
+        """Yield paths of the cache's files in ``basepath``.
+
+        Differs from Glance: in the base directory only image files are
+        yielded (never the db, its journal/WAL files or lock files); symlinks
+        are never followed; files vanishing mid-scan are skipped.
+        """
+        if os.path.abspath(basepath) == self.base_dir:
+            for info in self.scan_base().images.values():
+                yield info.path
+            return
+        for info in scan_regular_files(basepath):
+            if self.layout.classify(info.name) is EntryKind.IMAGE:
+                yield info.path
+
+    def get_cache_size(self) -> int:
+        """Bytes of image files in the base directory (tracked and orphaned).
+
+        Like Glance this is the sum of ``st_size`` of the files, so an orphan
+        counts; unlike Glance, lock files and SQLite side files never count,
+        and a file vanishing between listing and stat is simply skipped.
+        """
+        return self.scan_base().image_bytes
+
+    def list_rows(self) -> list[CachedRow]:
+        """Every row of ``cached_images`` in one unordered read."""
+        with self.db.connect() as conn:
+            cursor = conn.execute(
+                "SELECT image_id, last_accessed, last_modified, size, hits FROM cached_images"
+            )
+            return [CachedRow(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0) for r in cursor]
+
+    def get_cached_images(self) -> list[dict[str, Any]]:
+        """Rows as Glance lists them: dicts ordered by ``image_id``.
+
+        A database error raises (Glance returns None).
+        """
+        rows = sorted(self.list_rows(), key=lambda r: r.image_id)
+        return [row.as_glance_dict() for row in rows]
+
+    def get_hit_count(self, image_id: object) -> int:
+        """Hits of a cached image; 0 if not cached or if it has no row.
+
+        Glance raises TypeError for a file without a row; we return 0.
+        """
+        key = self._id(image_id)
+        if not self.is_cached(key):
+            return 0
+        with self.db.connect() as conn:
+            row = conn.execute("SELECT hits FROM cached_images WHERE image_id = ?", (key,)).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def get_least_recently_accessed(self) -> tuple[str, int] | None:
+        """``(image_id, file size)`` of the LRU row; None when there are none.
+
+        Ties are broken by image id (Glance's order is unspecified). A row
+        whose file is missing reports size 0, as in Glance.
+        """
+        with self.db.connect() as conn:
+            row = conn.execute(
+                "SELECT image_id FROM cached_images ORDER BY last_accessed, image_id LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        image_id = str(row[0])
+        try:
+            size = os.lstat(os.path.join(self.base_dir, image_id)).st_size
+        except OSError:
+            size = 0
+        return image_id, size
+
+    # ----------------------------------------------------------------- states
+
+    def is_cached(self, image_id: object) -> bool:
+        return os.path.exists(self.get_image_filepath(image_id))
+
+    def is_being_cached(self, image_id: object) -> bool:
+        return os.path.exists(self.get_image_filepath(image_id, "incomplete"))
+
+    def is_queued(self, image_id: object) -> bool:
+        return os.path.exists(self.get_image_filepath(image_id, "queue"))
+
+    def is_cacheable(self, image_id: object) -> bool:
+        return not (self.is_cached(image_id) or self.is_being_cached(image_id))
+
+    # ------------------------------------------------------------------ queue
+
+    def queue_image(self, image_id: object) -> bool:
+        """Create ``queue/<id>``; False if cached, being cached or queued."""
+        key = self._id(image_id)
+        if self.is_cached(key):
+            LOG.info("Not queueing image '%s'. Already cached.", key)
+            return False
+        if self.is_being_cached(key):
+            LOG.info("Not queueing image '%s'. Already being written to cache", key)
+            return False
+        path = self.layout.image_path(key, "queue")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            LOG.info("Not queueing image '%s'. Already queued.", key)
+            return False
+        os.close(fd)
+        return True
+
+    def get_queued_images(self) -> list[str]:
+        """Queued ids, oldest first (by mtime, then id); vanishing files skipped."""
+        entries = self.scan_state("queue")
+        return [info.name for info in sorted(entries, key=lambda i: (i.mtime, i.name))]
+
+    def delete_queued_image(self, image_id: object) -> None:
+        delete_cached_file(self.get_image_filepath(image_id, "queue"))
+
+    def delete_all_queued_images(self) -> int:
+        """Remove every queue entry; return how many there were."""
+        entries = self.scan_state("queue")
+        for info in entries:
+            delete_cached_file(info.path)
+        return len(entries)
+
+    # --------------------------------------------------------------- deletion
+
+    def delete_cached_image(self, image_id: object) -> None:
+        """Remove the file, then its row (a failure leaves a phantom, not an orphan)."""
+        key = self._id(image_id)
+        delete_cached_file(self.layout.image_path(key))
+        with self.db.writing() as conn:
+            conn.execute("DELETE FROM cached_images WHERE image_id = ?", (key,))
+
+    def delete_all_cached_images(self) -> int:
+        """Remove every image file and every row; return image files removed.
+
+        Differs from Glance: lock files, the database's side files and
+        foreign files are neither deleted nor counted.
+        """
+        deleted = 0
+        for info in self.scan_base().images.values():
+            delete_cached_file(info.path)
+            deleted += 1
+        fsync_directory(self.base_dir)
+        with self.db.writing() as conn:
+            conn.execute("DELETE FROM cached_images")
+        return deleted
+
+    def delete_invalid_files(self) -> None:
+        """Remove every file in ``invalid/`` (no age check, as in Glance)."""
+        for info in self.scan_state("invalid"):
+            delete_cached_file(info.path)
+
+    def delete_stalled_files(self, older_than: float) -> None:
+        """Remove ``incomplete/`` files with mtime strictly before ``older_than``.
+
+        Differs from Glance: a file some process holds open for writing is a
+        live download and is kept whatever its age; a file that vanishes or
+        cannot be deleted is logged and skipped.
+        """
+        stale = [i for i in self.scan_state("incomplete") if i.mtime < older_than]
+        if not stale:
+            return
+        busy = files_open_for_writing(self.layout.state_dir("incomplete"))
+        for info in stale:
+            if (info.device, info.inode) in busy:
+                LOG.info("Keeping '%s': open for writing by a running process", info.path)
+                continue
+            try:
+                delete_cached_file(info.path)
+            except OSError as exc:
+                LOG.error("Failed to delete '%s': %s", info.path, exc)
+
+    def clean(self, stall_time: float | None = None) -> None:
+        """Delete invalid files, then incomplete files older than ``stall_time``."""
+        self.delete_invalid_files()
+        if stall_time is None:
+            stall_time = self.settings.stall_time
+        self.delete_stalled_files(time.time() - stall_time)
+
+    # --------------------------------------------------------------- read/write
+
+    @contextlib.contextmanager
+    def open_for_read(self, image_id: object) -> Iterator[IO[bytes]]:
+        """Yield the cached file; count a hit only if the body ends normally."""
+        key = self._id(image_id)
+        with open(self.layout.image_path(key), "rb") as cache_file:
+            yield cache_file
+        with self.db.writing() as conn:
+            conn.execute(
+                "UPDATE cached_images SET hits = hits + 1, last_accessed = ? WHERE image_id = ?",
+                (time.time(), key),
+            )
+
+    @contextlib.contextmanager
+    def open_for_write(self, image_id: object) -> Iterator[IO[bytes]]:
+        """Yield ``incomplete/<id>`` for writing; commit or roll back on exit.
+
+        Commit renames the file into the base directory, drops the queue entry
+        and records the row. Rollback (an exception, or a body abandoned by a
+        closed generator) moves the partial file to ``invalid/``.
+
+        Differs from Glance: commit upserts (Glance's INSERT fails on an
+        existing row and leaves it stale), and rollback keeps the row of an
+        image whose good file is still cached (Glance deletes it, orphaning
+        the file).
+        """
+        key = self._id(image_id)
+        incomplete_path = self.layout.image_path(key, "incomplete")
+        committed = False
+        try:
+            with open(incomplete_path, "wb") as cache_file:
+                yield cache_file
+        except Exception:
+            self._rollback(key, incomplete_path)
+            raise
+        else:
+            self._commit(key, incomplete_path)
+            committed = True
+        finally:
+            if not committed and os.path.exists(incomplete_path):
+                self._rollback(key, incomplete_path)
+
+    def _commit(self, key: str, incomplete_path: str) -> None:
+        final_path = self.layout.image_path(key)
+        os.rename(incomplete_path, final_path)
+        delete_cached_file(self.layout.image_path(key, "queue"))
+        size = os.path.getsize(final_path)
+        now = time.time()
+        with self.db.writing() as conn:
+            conn.execute(
+                "INSERT INTO cached_images (image_id, last_accessed, last_modified, hits, size)"
+                " VALUES (?, ?, ?, 0, ?)"
+                " ON CONFLICT(image_id) DO UPDATE SET"
+                " last_accessed = excluded.last_accessed,"
+                " last_modified = excluded.last_modified, size = excluded.size",
+                (key, now, now, size),
+            )
+
+    def _rollback(self, key: str, incomplete_path: str) -> None:
+        if os.path.exists(incomplete_path):
+            os.rename(incomplete_path, self.layout.image_path(key, "invalid"))
+        if os.path.exists(self.layout.image_path(key)):
+            return  # the previously cached file is still good: keep its row
+        with self.db.writing() as conn:
+            conn.execute("DELETE FROM cached_images WHERE image_id = ?", (key,))
+
+    # ------------------------------------------------- bulk ops for maintenance
+
+    def rows_by_id(self, image_ids: Iterable[str]) -> dict[str, CachedRow]:
+        """Current rows for the given ids (absent ids are missing from the result)."""
+        ids = list(image_ids)
+        found: dict[str, CachedRow] = {}
+        with self.db.connect() as conn:
+            for start in range(0, len(ids), BATCH_ROWS):
+                chunk = ids[start : start + BATCH_ROWS]
+                marks = ",".join("?" * len(chunk))
+                for r in conn.execute(
+                    "SELECT image_id, last_accessed, last_modified, size, hits"
+                    f" FROM cached_images WHERE image_id IN ({marks})",
+                    chunk,
+                ):
+                    found[str(r[0])] = CachedRow(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0)
+        return found
+
+    def delete_rows(self, image_ids: Sequence[str], only_if_file_missing: bool = False) -> int:
+        """Delete rows in short batches; return rows deleted.
+
+        With ``only_if_file_missing`` a row is kept when its file exists at
+        the moment of deletion (a concurrent re-cache brought it back).
+        """
+        deleted = 0
+        for start in range(0, len(image_ids), BATCH_ROWS):
+            chunk = image_ids[start : start + BATCH_ROWS]
+            with self.db.writing() as conn:
+                for key in chunk:
+                    if only_if_file_missing and os.path.lexists(self.layout.image_path(key)):
+                        continue
+                    cursor = conn.execute("DELETE FROM cached_images WHERE image_id = ?", (key,))
+                    deleted += cursor.rowcount
+        return deleted
+
+    def adopt_files(self, infos: Sequence[FileInfo]) -> int:
+        """Give rowless image files a row from ``stat``; return rows created.
+
+        ``last_modified`` is the mtime, ``last_accessed`` the newer of atime
+        and mtime, hits 0. ``INSERT OR IGNORE``: a row Glance inserted in the
+        meantime wins.
+        """
+        adopted = 0
+        for start in range(0, len(infos), BATCH_ROWS):
+            chunk = infos[start : start + BATCH_ROWS]
+            with self.db.writing() as conn:
+                for info in chunk:
+                    cursor = conn.execute(
+                        "INSERT OR IGNORE INTO cached_images"
+                        " (image_id, last_accessed, last_modified, hits, size)"
+                        " VALUES (?, ?, ?, 0, ?)",
+                        (info.name, max(info.atime, info.mtime), info.mtime, info.size),
+                    )
+                    adopted += cursor.rowcount
+        return adopted
+
+    def set_sizes(self, sizes: Sequence[tuple[str, int]]) -> int:
+        """Set ``size`` for the given rows; return rows changed."""
+        changed = 0
+        for start in range(0, len(sizes), BATCH_ROWS):
+            chunk = sizes[start : start + BATCH_ROWS]
+            with self.db.writing() as conn:
+                for key, size in chunk:
+                    cursor = conn.execute(
+                        "UPDATE cached_images SET size = ? WHERE image_id = ? AND size IS NOT ?",
+                        (size, key, size),
+                    )
+                    changed += cursor.rowcount
+        return changed
+
+    def total_hits(self) -> int:
+        """Sum of ``hits`` over all rows."""
+        with self.db.connect() as conn:
+            return int(conn.execute("SELECT COALESCE(SUM(hits), 0) FROM cached_images").fetchone()[0])
+
+
+__all__ = ["BaseScan", "CachedRow", "Driver", "delete_cached_file", "fsync_directory"]

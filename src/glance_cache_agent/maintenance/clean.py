@@ -1,0 +1,173 @@
+"""Clean: remove invalid files and stalled incomplete files, never live downloads.
+
+Glance's cleaner deletes every ``incomplete/`` file older than ``stall_time``
+by mtime alone, so a short stall time kills downloads in flight. We keep a
+file when either test says it is alive:
+
+* some process holds it open for writing (``/proc``), or
+* it changed (size, mtime or inode) between the plan's observation and the
+  one taken just before deleting it.
+
+A file whose mtime lies in the future is kept and reported: the clock, not
+the file, is suspect.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..driver import Driver, FileInfo, delete_cached_file, external_lock, files_open_for_writing
+from .results import CleanResult
+
+LOCK_NAME = "glance-cache-clean"
+
+
+@dataclass(frozen=True)
+class CleanPolicy:
+    """How old files must be before clean removes them."""
+
+    #: incomplete files whose mtime is strictly older than now - stall_time go
+    stall_time: float = 86400.0
+    #: invalid files younger than this are kept (0: Glance's "remove at once")
+    invalid_grace: float = 0.0
+    #: pause between the two observations of stalled files; 0 skips the pause
+    settle_time: float = 1.0
+
+
+@dataclass
+class CleanPlan:
+    """Files chosen for removal, and the ones kept with the reason."""
+
+    invalid: list[FileInfo] = field(default_factory=list)
+    stalled: list[FileInfo] = field(default_factory=list)
+    active: list[FileInfo] = field(default_factory=list)
+    future: list[FileInfo] = field(default_factory=list)
+    invalid_in_grace: list[FileInfo] = field(default_factory=list)
+
+    def result(self, dry_run: bool) -> CleanResult:
+        invalid_bytes = sum(i.size for i in self.invalid)
+        stalled_bytes = sum(i.size for i in self.stalled)
+        return CleanResult(
+            dry_run=dry_run,
+            invalid_removed=len(self.invalid),
+            stalled_removed=len(self.stalled),
+            bytes_freed=invalid_bytes + stalled_bytes,
+            invalid_bytes=invalid_bytes,
+            stalled_bytes=stalled_bytes,
+            skipped_active=len(self.active),
+            skipped_future=len(self.future),
+            invalid_in_grace=len(self.invalid_in_grace),
+            files=[i.path for i in (*self.invalid, *self.stalled)],
+        )
+
+
+def plan_clean(
+    invalid: list[FileInfo],
+    incomplete: list[FileInfo],
+    policy: CleanPolicy,
+    now: float,
+    busy: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
+) -> CleanPlan:
+    """Decide over scans of ``invalid/`` and ``incomplete/``; touches nothing.
+
+    ``busy`` holds ``(device, inode)`` of files open for writing.
+    """
+    plan = CleanPlan()
+    for info in sorted(invalid, key=lambda i: i.name):
+        if policy.invalid_grace <= 0:
+            plan.invalid.append(info)
+        elif info.mtime > now:
+            plan.future.append(info)
+        elif now - info.mtime >= policy.invalid_grace:
+            plan.invalid.append(info)
+        else:
+            plan.invalid_in_grace.append(info)
+    cutoff = now - policy.stall_time
+    for info in sorted(incomplete, key=lambda i: i.name):
+        if info.mtime > now:
+            plan.future.append(info)
+        elif info.mtime < cutoff:
+            if (info.device, info.inode) in busy:
+                plan.active.append(info)
+            else:
+                plan.stalled.append(info)
+    return plan
+
+
+def _remove_unchanged(info: FileInfo, result: CleanResult, busy: set[tuple[int, int]]) -> bool:
+    """Delete ``info`` if it is exactly as planned and nobody writes it."""
+    try:
+        st = os.lstat(info.path)
+    except FileNotFoundError:
+        return False  # already gone: nothing freed by us
+    if not info.same_file(st) or (st.st_dev, st.st_ino) in busy:
+        result.skipped_active += 1
+        return False
+    try:
+        delete_cached_file(info.path)
+    except OSError as exc:
+        result.errors.append(f"{info.path}: {exc.strerror or exc}")
+        return False
+    return True
+
+
+def execute_clean(
+    driver: Driver,
+    plan: CleanPlan,
+    policy: CleanPolicy,
+    pause: Callable[[float], None] = time.sleep,
+) -> CleanResult:
+    """Carry out a plan, re-checking every stalled file before deleting it."""
+    result = CleanResult(
+        dry_run=False,
+        skipped_active=len(plan.active),
+        skipped_future=len(plan.future),
+        invalid_in_grace=len(plan.invalid_in_grace),
+    )
+    for info in plan.invalid:
+        if _remove_unchanged(info, result, set()):
+            result.invalid_removed += 1
+            result.invalid_bytes += info.size
+            result.files.append(info.path)
+    if plan.stalled:
+        if policy.settle_time > 0:
+            pause(policy.settle_time)
+        busy = files_open_for_writing(driver.layout.state_dir("incomplete"))
+        for info in plan.stalled:
+            if _remove_unchanged(info, result, busy):
+                result.stalled_removed += 1
+                result.stalled_bytes += info.size
+                result.files.append(info.path)
+    result.bytes_freed = result.invalid_bytes + result.stalled_bytes
+    return result
+
+
+def run_clean(
+    driver: Driver,
+    policy: CleanPolicy,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+    lock_timeout: float | None = 60.0,
+    pause: Callable[[float], None] = time.sleep,
+) -> CleanResult:
+    """Plan and (unless ``dry_run``) execute a clean under Glance's clean lock."""
+
+    def plan() -> CleanPlan:
+        incomplete = driver.scan_state("incomplete")
+        moment = time.time() if now is None else now
+        busy = (
+            files_open_for_writing(driver.layout.state_dir("incomplete"))
+            if any(i.mtime < moment - policy.stall_time for i in incomplete)
+            else set()
+        )
+        return plan_clean(driver.scan_state("invalid"), incomplete, policy, moment, busy)
+
+    if dry_run:
+        return plan().result(dry_run=True)
+    lock_dir = driver.settings.effective_lock_path or driver.base_dir
+    with external_lock(lock_dir, LOCK_NAME, timeout=lock_timeout):
+        return execute_clean(driver, plan(), policy, pause)

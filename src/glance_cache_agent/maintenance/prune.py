@@ -1,0 +1,245 @@
+"""Prune: evict least recently accessed images until the cache fits.
+
+Glance's pruner runs one full-table ``ORDER BY`` per victim on a fresh
+connection and, when untracked files alone exceed the limit, evicts every
+image and still ends over it. Ours plans once over a snapshot (one read, one
+scan), then evicts in batches: unlink the files, fsync the directory, delete
+the rows in one short ``BEGIN IMMEDIATE`` transaction, pause, repeat.
+
+The file goes before the row: a crash in between leaves a harmless phantom
+row (reconcile drops it), never an orphan file nobody would prune.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..driver import CachedRow, Driver, FileInfo, external_lock, fsync_directory
+from .results import PruneResult
+from .snapshot import CacheSnapshot, take_snapshot
+
+LOCK_NAME = "glance-cache-prune"
+
+
+@dataclass(frozen=True)
+class PrunePolicy:
+    """When to prune, down to where, and how much one run may do."""
+
+    max_size: int
+    #: prune down to this fraction of ``max_size`` once over it (1.0: Glance)
+    low_watermark: float = 1.0
+    #: also prune while the filesystem has less free space than this
+    min_free_bytes: int = 0
+    min_free_percent: float = 0.0
+    #: evict images not read for this many seconds, whatever the size
+    max_idle: float | None = None
+    protected_images: frozenset[str] = frozenset()
+    max_images_per_run: int | None = None
+    #: seconds one run may spend evicting; checked between batches
+    time_budget: float | None = None
+    batch_size: int = 100
+    #: pause between batches so Glance's 50 ms lock polling gets a turn
+    batch_pause: float = 0.1
+
+    def required_free_bytes(self, total_bytes: int) -> int:
+        by_percent = math.ceil(total_bytes * self.min_free_percent / 100.0)
+        return max(self.min_free_bytes, by_percent)
+
+
+@dataclass(frozen=True)
+class Victim:
+    """An image chosen for eviction, as the snapshot saw it."""
+
+    row: CachedRow
+    file: FileInfo
+    idle: bool
+
+    @property
+    def image_id(self) -> str:
+        return self.row.image_id
+
+
+@dataclass
+class PrunePlan:
+    """The victims in eviction order, and the facts behind the choice."""
+
+    size_before: int
+    target_bytes: int
+    max_size: int
+    trigger: str | None
+    stopped_by: str
+    untracked_bytes: int
+    protected_skipped: int
+    filesystem_free_bytes: int
+    victims: list[Victim] = field(default_factory=list)
+
+    def result(self, dry_run: bool) -> PruneResult:
+        pruned = sum(v.file.size for v in self.victims)
+        return PruneResult(
+            dry_run=dry_run,
+            target_bytes=self.target_bytes,
+            size_before=self.size_before,
+            size_after=self.size_before - pruned,
+            pruned_images=len(self.victims),
+            pruned_bytes=pruned,
+            images=[v.image_id for v in self.victims],
+            max_size_bytes=self.max_size,
+            trigger=self.trigger,
+            stopped_by=self.stopped_by,
+            untracked_bytes=self.untracked_bytes,
+            idle_images=sum(1 for v in self.victims if v.idle),
+            protected_skipped=self.protected_skipped,
+        )
+
+
+def plan_prune(snapshot: CacheSnapshot, policy: PrunePolicy, now: float | None = None) -> PrunePlan:
+    """Choose victims over a snapshot; touches nothing and always terminates.
+
+    Candidates are tracked images (row and file) in ``(last_accessed,
+    image_id)`` order. Idle images are a prefix of that order, so one pass
+    takes every idle image and then keeps going while the projected size is
+    above the target. When untracked bytes alone exceed the target no image
+    is evicted for size: evicting them all would not reach it.
+    """
+    moment = snapshot.taken_at if now is None else now
+    size = snapshot.size_bytes
+    untracked = snapshot.untracked_bytes()
+    fs = snapshot.filesystem
+    deficit = max(0, policy.required_free_bytes(fs.total_bytes) - fs.free_bytes)
+    over_size = size > policy.max_size
+    target = math.floor(policy.low_watermark * policy.max_size)
+    if deficit:
+        # free space alone: free what is missing; over size too: whichever is lower
+        target = min(target, size - deficit) if over_size else size - deficit
+    target = max(0, target)
+
+    idle_cutoff = None if policy.max_idle is None else moment - policy.max_idle
+    candidates = []
+    protected = 0
+    for row, info in snapshot.tracked().values():
+        if row.image_id in policy.protected_images:
+            protected += 1
+            continue
+        idle = idle_cutoff is not None and row.last_accessed < idle_cutoff
+        candidates.append(Victim(row=row, file=info, idle=idle))
+    candidates.sort(key=lambda v: (v.row.last_accessed, v.image_id))
+
+    size_driven = (over_size or deficit > 0) and untracked <= target
+    trigger = "size" if over_size else "free_space" if deficit else None
+    if trigger is None and any(v.idle for v in candidates):
+        trigger = "idle"
+
+    victims: list[Victim] = []
+    projected = size
+    stopped_by = "not_triggered" if trigger is None else "target_reached"
+    limit = policy.max_images_per_run
+    for victim in candidates:
+        wanted = victim.idle or (size_driven and projected > target)
+        if not wanted:
+            break
+        if limit is not None and len(victims) >= limit:
+            stopped_by = "max_images"
+            break
+        victims.append(victim)
+        projected -= victim.file.size
+    else:
+        if size_driven and projected > target:
+            stopped_by = "no_candidates"
+    if (over_size or deficit) and untracked > target:
+        stopped_by = "untracked"
+
+    return PrunePlan(
+        size_before=size,
+        target_bytes=target,
+        max_size=policy.max_size,
+        trigger=trigger,
+        stopped_by=stopped_by,
+        untracked_bytes=untracked,
+        protected_skipped=protected,
+        filesystem_free_bytes=fs.free_bytes,
+        victims=victims,
+    )
+
+
+def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> list[Victim]:
+    """Unlink the batch's files that are still exactly as planned."""
+    current = driver.rows_by_id(v.image_id for v in batch)
+    evicted = []
+    for victim in batch:
+        row = current.get(victim.image_id)
+        if row is None or row.last_accessed != victim.row.last_accessed:
+            result.skipped_images.append(victim.image_id)  # read or deleted since planning
+            continue
+        try:
+            st = os.lstat(victim.file.path)
+        except FileNotFoundError:
+            result.skipped_images.append(victim.image_id)
+            continue
+        if not victim.file.same_file(st):
+            result.skipped_images.append(victim.image_id)  # re-cached since planning
+            continue
+        try:
+            os.unlink(victim.file.path)
+        except FileNotFoundError:
+            result.skipped_images.append(victim.image_id)
+            continue
+        except OSError as exc:
+            result.errors.append(f"{victim.file.path}: {exc.strerror or exc}")
+            continue
+        evicted.append(victim)
+    return evicted
+
+
+def execute_prune(
+    driver: Driver,
+    plan: PrunePlan,
+    policy: PrunePolicy,
+    pause: Callable[[float], None] = time.sleep,
+) -> PruneResult:
+    """Evict the plan's victims in batches; stop early on the time budget."""
+    result = plan.result(dry_run=False)
+    result.pruned_images = result.pruned_bytes = 0
+    result.images = []
+    result.idle_images = 0
+    deadline = None if policy.time_budget is None else time.monotonic() + policy.time_budget
+    batch_size = max(1, policy.batch_size)
+    for start in range(0, len(plan.victims), batch_size):
+        if start and deadline is not None and time.monotonic() >= deadline:
+            result.stopped_by = "time_budget"
+            break
+        if start and policy.batch_pause > 0:
+            pause(policy.batch_pause)
+        evicted = _evict_files(driver, plan.victims[start : start + batch_size], result)
+        if not evicted:
+            continue
+        fsync_directory(driver.base_dir)
+        driver.delete_rows([v.image_id for v in evicted])
+        for victim in evicted:
+            result.images.append(victim.image_id)
+            result.pruned_bytes += victim.file.size
+            result.idle_images += victim.idle
+        result.pruned_images = len(result.images)
+    result.size_after = result.size_before - result.pruned_bytes
+    return result
+
+
+def run_prune(
+    driver: Driver,
+    policy: PrunePolicy,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+    lock_timeout: float | None = 60.0,
+    pause: Callable[[float], None] = time.sleep,
+) -> PruneResult:
+    """Snapshot, plan and (unless ``dry_run``) evict under Glance's prune lock."""
+    if dry_run:
+        return plan_prune(take_snapshot(driver, now), policy).result(dry_run=True)
+    lock_dir = driver.settings.effective_lock_path or driver.base_dir
+    with external_lock(lock_dir, LOCK_NAME, timeout=lock_timeout):
+        plan = plan_prune(take_snapshot(driver, now), policy)
+        return execute_prune(driver, plan, policy, pause)

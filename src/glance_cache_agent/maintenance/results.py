@@ -1,0 +1,81 @@
+"""Typed results of maintenance runs; ``to_dict()`` is the ``--json`` document.
+
+The same types describe a dry run and a real run: a dry run returns exactly
+the document the real run would, with ``dry_run`` true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Result:
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CleanResult(_Result):
+    """What a clean removed (or would remove) from ``invalid/`` and ``incomplete/``."""
+
+    invalid_removed: int = 0
+    stalled_removed: int = 0
+    bytes_freed: int = 0
+    invalid_bytes: int = 0
+    stalled_bytes: int = 0
+    #: incomplete files kept because a process is writing them (open for
+    #: writing, or still changing between two observations)
+    skipped_active: int = 0
+    #: files kept because their mtime lies in the future (clock trouble)
+    skipped_future: int = 0
+    #: invalid files kept because they are younger than ``invalid_grace``
+    invalid_in_grace: int = 0
+    files: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PruneResult(_Result):
+    """What a prune evicted (or would evict), and why it stopped."""
+
+    target_bytes: int = 0
+    size_before: int = 0
+    size_after: int = 0
+    pruned_images: int = 0
+    pruned_bytes: int = 0
+    images: list[str] = field(default_factory=list)
+    max_size_bytes: int = 0
+    #: ``size``, ``free_space`` or ``idle``; None when nothing triggered a prune
+    trigger: str | None = None
+    #: ``not_triggered``, ``target_reached``, ``max_images``, ``time_budget``,
+    #: ``untracked`` (untracked bytes alone exceed the target) or
+    #: ``no_candidates`` (every remaining image is protected)
+    stopped_by: str = "not_triggered"
+    untracked_bytes: int = 0
+    idle_images: int = 0
+    protected_skipped: int = 0
+    #: victims left alone because they changed after planning (read, re-cached, gone)
+    skipped_images: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReconcileResult(_Result):
+    """How the database and the directory were brought back into agreement."""
+
+    orphans_adopted: int = 0
+    orphans_removed: int = 0
+    orphans_reported: int = 0
+    orphans_in_grace: int = 0
+    orphan_bytes: int = 0
+    phantoms_removed: int = 0
+    sizes_fixed: int = 0
+    queue_entries_removed: int = 0
+    orphans: list[str] = field(default_factory=list)
+    phantoms: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)

@@ -1,0 +1,79 @@
+"""One consistent-enough picture of a cache, taken before any decision.
+
+Rows are read *before* the directory is scanned. Glance commits by renaming
+the file into place and then inserting the row, so in this order a commit
+racing the snapshot shows up as a young orphan (protected by the orphan
+grace), never as a row without a file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from ..driver import BaseScan, CachedRow, Driver, FileInfo, looks_like_lock_file
+
+
+@dataclass(frozen=True)
+class FilesystemUsage:
+    """``statvfs`` of the filesystem holding the cache."""
+
+    free_bytes: int
+    total_bytes: int
+
+    @classmethod
+    def of(cls, path: str) -> "FilesystemUsage":
+        st = os.statvfs(path)
+        return cls(free_bytes=st.f_bavail * st.f_frsize, total_bytes=st.f_blocks * st.f_frsize)
+
+
+@dataclass(frozen=True)
+class CacheSnapshot:
+    """Rows, base-directory files and free space at one moment."""
+
+    taken_at: float
+    rows: dict[str, CachedRow]
+    base: BaseScan
+    filesystem: FilesystemUsage
+
+    @property
+    def size_bytes(self) -> int:
+        """Glance-compatible size: every image file, tracked or not."""
+        return self.base.image_bytes
+
+    def tracked(self) -> dict[str, tuple[CachedRow, FileInfo]]:
+        """Images with both a row and a file."""
+        return {
+            key: (row, self.base.images[key]) for key, row in self.rows.items() if key in self.base.images
+        }
+
+    def orphans(self) -> list[FileInfo]:
+        """Image files without a row (excluding zero-byte lock-like names)."""
+        return sorted(
+            (
+                info
+                for key, info in self.base.images.items()
+                if key not in self.rows and not looks_like_lock_file(info)
+            ),
+            key=lambda i: i.name,
+        )
+
+    def untracked_bytes(self) -> int:
+        return sum(info.size for key, info in self.base.images.items() if key not in self.rows)
+
+    def phantoms(self) -> list[str]:
+        """Ids of rows whose file is missing."""
+        return sorted(key for key in self.rows if key not in self.base.images)
+
+
+def take_snapshot(driver: Driver, now: float | None = None) -> CacheSnapshot:
+    """Read every row, then scan the base directory, then ``statvfs``."""
+    rows = {row.image_id: row for row in driver.list_rows()}
+    base = driver.scan_base()
+    return CacheSnapshot(
+        taken_at=time.time() if now is None else now,
+        rows=rows,
+        base=base,
+        filesystem=FilesystemUsage.of(driver.base_dir),
+    )

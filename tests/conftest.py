@@ -1,0 +1,80 @@
+"""Shared fixtures: a real cache directory with a real ``cache.db``."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from glance_cache_agent.driver import CacheSettings, Driver
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def make_driver(cache_dir: Path) -> Callable[..., Driver]:
+    """Build a configured Driver on ``cache_dir``; keyword args go to CacheSettings."""
+
+    def factory(**overrides: object) -> Driver:
+        settings = CacheSettings(cache_dir=str(cache_dir), **overrides)  # type: ignore[arg-type]
+        driver = Driver(settings)
+        driver.configure()
+        return driver
+
+    return factory
+
+
+@pytest.fixture
+def driver(make_driver: Callable[..., Driver]) -> Driver:
+    return make_driver()
+
+
+def cache_image(driver: Driver, image_id: str, size: int = 1024) -> Path:
+    """Cache ``image_id`` with ``size`` bytes through the real write path."""
+    with driver.open_for_write(image_id) as cache_file:
+        cache_file.write(b"x" * size)
+    return Path(driver.get_image_filepath(image_id))
+
+
+def read_image(driver: Driver, image_id: str) -> bytes:
+    """Read ``image_id`` completely through the read path (counts a hit)."""
+    with driver.open_for_read(image_id) as cache_file:
+        return cache_file.read()
+
+
+def set_row(driver: Driver, image_id: str, **columns: object) -> None:
+    """Overwrite columns of one row directly in SQLite (test set-up only)."""
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with sqlite3.connect(driver.db_path) as conn:
+        conn.execute(
+            f"UPDATE cached_images SET {assignments} WHERE image_id = ?",
+            (*columns.values(), image_id),
+        )
+
+
+def rows(driver: Driver) -> dict[str, tuple[float, float, int, int]]:
+    """``{image_id: (last_accessed, last_modified, size, hits)}`` read with plain sqlite3."""
+    with sqlite3.connect(driver.db_path) as conn:
+        return {
+            r[0]: (r[1], r[2], r[3], r[4])
+            for r in conn.execute(
+                "SELECT image_id, last_accessed, last_modified, size, hits FROM cached_images"
+            )
+        }
+
+
+def write_file(path: Path, size: int = 1024, age: float | None = None, now: float | None = None) -> Path:
+    """Create ``path`` with ``size`` bytes; with ``age``, set its mtime/atime that far back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"y" * size)
+    if age is not None:
+        moment = (time.time() if now is None else now) - age
+        os.utime(path, (moment, moment))
+    return path
