@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from .settings import CacheSettings
 
 LOG = logging.getLogger(__name__)
 
+ROW_COLUMNS = "image_id, last_accessed, last_modified, size, hits"
+
 #: Rows changed per write transaction in bulk operations: small enough that
 #: one transaction stays far below Glance's 2 s lock budget (about 5 ms).
 BATCH_ROWS = 500
@@ -43,6 +46,11 @@ class CachedRow:
     last_modified: float
     size: int
     hits: int
+
+    @classmethod
+    def from_db(cls, r: tuple[Any, ...]) -> "CachedRow":
+        """Build from a ``SELECT {ROW_COLUMNS}`` tuple; NULLs read as Glance's defaults."""
+        return cls(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0)
 
     def as_glance_dict(self) -> dict[str, Any]:
         """The dict shape Glance's ``get_cached_images`` returns."""
@@ -75,6 +83,14 @@ def delete_cached_file(path: str) -> None:
     LOG.debug("Deleting image cache file '%s'", path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _is_regular_file(path: str) -> bool:
+    """True for a regular file; a symlink is never one (Glance follows it)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def fsync_directory(path: str) -> None:
@@ -197,10 +213,71 @@ class Driver:
     def list_rows(self) -> list[CachedRow]:
         """Every row of ``cached_images`` in one unordered read."""
         with self.db.connect() as conn:
-            cursor = conn.execute(
-                "SELECT image_id, last_accessed, last_modified, size, hits FROM cached_images"
-            )
-            return [CachedRow(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0) for r in cursor]
+            cursor = conn.execute(f"SELECT {ROW_COLUMNS} FROM cached_images")
+            return [CachedRow.from_db(r) for r in cursor]
+
+    def iter_rows_lru(self, page_size: int = 1000) -> Iterator[CachedRow]:
+        """Rows in ``(last_accessed, image_id)`` order, read a page at a time.
+
+        Keyset pagination: each page is one short query (no lock held while
+        the caller works through it), and memory stays at one page however
+        large the table is.
+        """
+        order = "COALESCE(last_accessed, 0.0), image_id"
+        query = f"SELECT {ROW_COLUMNS} FROM cached_images"
+        after: tuple[float, str] | None = None
+        while True:
+            with self.db.connect() as conn:
+                if after is None:
+                    page = conn.execute(f"{query} ORDER BY {order} LIMIT ?", (page_size,)).fetchall()
+                else:
+                    page = conn.execute(
+                        f"{query} WHERE COALESCE(last_accessed, 0.0) > ?"
+                        f" OR (COALESCE(last_accessed, 0.0) = ? AND image_id > ?)"
+                        f" ORDER BY {order} LIMIT ?",
+                        (after[0], after[0], after[1], page_size),
+                    ).fetchall()
+            for r in page:
+                yield CachedRow.from_db(r)
+            if len(page) < page_size:
+                return
+            last = page[-1]
+            after = (last[1] or 0.0, last[0])
+
+    def measure_base(self, batch: int = BATCH_ROWS) -> tuple[int, int]:
+        """``(image bytes, untracked bytes)`` of the base directory, streamed.
+
+        Files are looked up in the database in batches, so memory does not
+        grow with the number of images.
+        """
+        total = untracked = 0
+        pending: list[FileInfo] = []
+
+        def settle() -> int:
+            known = self.rows_by_id(info.name for info in pending)
+            missing = sum(info.size for info in pending if info.name not in known)
+            pending.clear()
+            return missing
+
+        for info in scan_regular_files(self.base_dir):
+            if self.layout.classify(info.name) is not EntryKind.IMAGE:
+                continue
+            total += info.size
+            pending.append(info)
+            if len(pending) >= batch:
+                untracked += settle()
+        return total, untracked + settle()
+
+    def stat_image(self, image_id: str) -> FileInfo | None:
+        """``lstat`` of a cached image file; None unless it is a regular file."""
+        if self.layout.classify(image_id) is not EntryKind.IMAGE:
+            return None
+        path = self.layout.image_path(image_id)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return FileInfo.from_stat(image_id, path, st) if stat.S_ISREG(st.st_mode) else None
 
     def get_cached_images(self) -> list[dict[str, Any]]:
         """Rows as Glance lists them: dicts ordered by ``image_id``.
@@ -244,13 +321,13 @@ class Driver:
     # ----------------------------------------------------------------- states
 
     def is_cached(self, image_id: object) -> bool:
-        return os.path.exists(self.get_image_filepath(image_id))
+        return _is_regular_file(self.get_image_filepath(image_id))
 
     def is_being_cached(self, image_id: object) -> bool:
-        return os.path.exists(self.get_image_filepath(image_id, "incomplete"))
+        return _is_regular_file(self.get_image_filepath(image_id, "incomplete"))
 
     def is_queued(self, image_id: object) -> bool:
-        return os.path.exists(self.get_image_filepath(image_id, "queue"))
+        return _is_regular_file(self.get_image_filepath(image_id, "queue"))
 
     def is_cacheable(self, image_id: object) -> bool:
         return not (self.is_cached(image_id) or self.is_being_cached(image_id))
@@ -350,9 +427,13 @@ class Driver:
 
     @contextlib.contextmanager
     def open_for_read(self, image_id: object) -> Iterator[IO[bytes]]:
-        """Yield the cached file; count a hit only if the body ends normally."""
+        """Yield the cached file; count a hit only if the body ends normally.
+
+        A symlink in place of the file is refused (ELOOP), never followed.
+        """
         key = self._id(image_id)
-        with open(self.layout.image_path(key), "rb") as cache_file:
+        fd = os.open(self.layout.image_path(key), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as cache_file:
             yield cache_file
         with self.db.writing() as conn:
             conn.execute(
@@ -375,9 +456,11 @@ class Driver:
         """
         key = self._id(image_id)
         incomplete_path = self.layout.image_path(key, "incomplete")
+        # O_NOFOLLOW: a symlink planted in incomplete/ must not truncate its target.
+        fd = os.open(incomplete_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         committed = False
         try:
-            with open(incomplete_path, "wb") as cache_file:
+            with os.fdopen(fd, "wb") as cache_file:
                 yield cache_file
         except Exception:
             self._rollback(key, incomplete_path)
@@ -424,11 +507,9 @@ class Driver:
                 chunk = ids[start : start + BATCH_ROWS]
                 marks = ",".join("?" * len(chunk))
                 for r in conn.execute(
-                    "SELECT image_id, last_accessed, last_modified, size, hits"
-                    f" FROM cached_images WHERE image_id IN ({marks})",
-                    chunk,
+                    f"SELECT {ROW_COLUMNS} FROM cached_images WHERE image_id IN ({marks})", chunk
                 ):
-                    found[str(r[0])] = CachedRow(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0)
+                    found[str(r[0])] = CachedRow.from_db(r)
         return found
 
     def delete_rows(self, image_ids: Sequence[str], only_if_file_missing: bool = False) -> int:

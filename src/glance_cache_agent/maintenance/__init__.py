@@ -15,7 +15,14 @@ from .reconcile import (
     run_reconcile,
 )
 from .results import CleanResult, PruneResult, ReconcileResult
-from .snapshot import CacheSnapshot, FilesystemUsage, take_snapshot
+from .snapshot import (
+    CacheSnapshot,
+    FilesystemUsage,
+    PruneView,
+    StreamingSnapshot,
+    take_snapshot,
+    take_streaming_snapshot,
+)
 
 __all__ = [
     "CacheSnapshot",
@@ -25,11 +32,13 @@ __all__ = [
     "FilesystemUsage",
     "OrphanPolicy",
     "PrunePlan",
+    "PruneView",
     "PrunePolicy",
     "PruneResult",
     "ReconcilePlan",
     "ReconcilePolicy",
     "ReconcileResult",
+    "StreamingSnapshot",
     "Victim",
     "execute_clean",
     "execute_prune",
@@ -41,4 +50,5 @@ __all__ = [
     "run_prune",
     "run_reconcile",
     "take_snapshot",
+    "take_streaming_snapshot",
 ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..driver import CachedRow, Driver, FileInfo, external_lock, fsync_directory
 from .results import PruneResult
-from .snapshot import CacheSnapshot, take_snapshot
+from .snapshot import PruneView, take_streaming_snapshot
 
 LOCK_NAME = "glance-cache-prune"
 
@@ -96,14 +96,14 @@ class PrunePlan:
         )
 
 
-def plan_prune(snapshot: CacheSnapshot, policy: PrunePolicy, now: float | None = None) -> PrunePlan:
+def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = None) -> PrunePlan:
     """Choose victims over a snapshot; touches nothing and always terminates.
 
     Candidates are tracked images (row and file) in ``(last_accessed,
-    image_id)`` order. Idle images are a prefix of that order, so one pass
-    takes every idle image and then keeps going while the projected size is
-    above the target. When untracked bytes alone exceed the target no image
-    is evicted for size: evicting them all would not reach it.
+    image_id)`` order, consumed lazily. Idle images are a prefix of that
+    order, so one pass takes every idle image and then keeps going while the
+    projected size is above the target. When untracked bytes alone exceed the
+    target no image is evicted for size: evicting them all would not reach it.
     """
     moment = snapshot.taken_at if now is None else now
     size = snapshot.size_bytes
@@ -116,40 +116,35 @@ def plan_prune(snapshot: CacheSnapshot, policy: PrunePolicy, now: float | None =
         # free space alone: free what is missing; over size too: whichever is lower
         target = min(target, size - deficit) if over_size else size - deficit
     target = max(0, target)
-
+    size_driven = (over_size or deficit > 0) and untracked <= target
     idle_cutoff = None if policy.max_idle is None else moment - policy.max_idle
-    candidates = []
+
+    victims: list[Victim] = []
+    projected = size
     protected = 0
-    for row, info in snapshot.tracked().values():
+    limit = policy.max_images_per_run
+    for row, info in snapshot.lru_candidates():
         if row.image_id in policy.protected_images:
             protected += 1
             continue
         idle = idle_cutoff is not None and row.last_accessed < idle_cutoff
-        candidates.append(Victim(row=row, file=info, idle=idle))
-    candidates.sort(key=lambda v: (v.row.last_accessed, v.image_id))
-
-    size_driven = (over_size or deficit > 0) and untracked <= target
-    trigger = "size" if over_size else "free_space" if deficit else None
-    if trigger is None and any(v.idle for v in candidates):
-        trigger = "idle"
-
-    victims: list[Victim] = []
-    projected = size
-    stopped_by = "not_triggered" if trigger is None else "target_reached"
-    limit = policy.max_images_per_run
-    for victim in candidates:
-        wanted = victim.idle or (size_driven and projected > target)
-        if not wanted:
+        if not (idle or (size_driven and projected > target)):
+            stopped_by = "target_reached"
             break
         if limit is not None and len(victims) >= limit:
             stopped_by = "max_images"
             break
-        victims.append(victim)
-        projected -= victim.file.size
+        victims.append(Victim(row=row, file=info, idle=idle))
+        projected -= info.size
     else:
-        if size_driven and projected > target:
-            stopped_by = "no_candidates"
-    if (over_size or deficit) and untracked > target:
+        stopped_by = "no_candidates" if size_driven and projected > target else "target_reached"
+
+    trigger = "size" if over_size else "free_space" if deficit else None
+    if trigger is None and victims:
+        trigger = "idle"
+    if trigger is None:
+        stopped_by = "not_triggered"
+    elif (over_size or deficit) and untracked > target:
         stopped_by = "untracked"
 
     return PrunePlan(
@@ -238,8 +233,8 @@ def run_prune(
 ) -> PruneResult:
     """Snapshot, plan and (unless ``dry_run``) evict under Glance's prune lock."""
     if dry_run:
-        return plan_prune(take_snapshot(driver, now), policy).result(dry_run=True)
+        return plan_prune(take_streaming_snapshot(driver, now), policy).result(dry_run=True)
     lock_dir = driver.settings.effective_lock_path or driver.base_dir
     with external_lock(lock_dir, LOCK_NAME, timeout=lock_timeout):
-        plan = plan_prune(take_snapshot(driver, now), policy)
+        plan = plan_prune(take_streaming_snapshot(driver, now), policy)
         return execute_prune(driver, plan, policy, pause)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..driver import BaseScan, CachedRow, Driver, FileInfo, looks_like_lock_file
 
@@ -26,6 +28,20 @@ class FilesystemUsage:
     def of(cls, path: str) -> "FilesystemUsage":
         st = os.statvfs(path)
         return cls(free_bytes=st.f_bavail * st.f_frsize, total_bytes=st.f_blocks * st.f_frsize)
+
+
+class PruneView(Protocol):
+    """What the prune planner needs to know about a cache."""
+
+    taken_at: float
+    filesystem: FilesystemUsage
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def untracked_bytes(self) -> int: ...
+
+    def lru_candidates(self) -> Iterator[tuple[CachedRow, FileInfo]]: ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,11 @@ class CacheSnapshot:
     def untracked_bytes(self) -> int:
         return sum(info.size for key, info in self.base.images.items() if key not in self.rows)
 
+    def lru_candidates(self) -> Iterator[tuple[CachedRow, FileInfo]]:
+        """Tracked images in eviction order: ``(last_accessed, image_id)``."""
+        tracked = sorted(self.tracked().values(), key=lambda p: (p[0].last_accessed, p[0].image_id))
+        return iter(tracked)
+
     def phantoms(self) -> list[str]:
         """Ids of rows whose file is missing."""
         return sorted(key for key in self.rows if key not in self.base.images)
@@ -75,5 +96,43 @@ def take_snapshot(driver: Driver, now: float | None = None) -> CacheSnapshot:
         taken_at=time.time() if now is None else now,
         rows=rows,
         base=base,
+        filesystem=FilesystemUsage.of(driver.base_dir),
+    )
+
+
+@dataclass(frozen=True)
+class StreamingSnapshot:
+    """A PruneView whose memory does not grow with the number of images.
+
+    Size and untracked bytes come from one streamed scan (rows looked up in
+    batches); candidates are read from the database a page at a time in
+    eviction order and ``lstat``-ed one by one, so planning a prune that
+    evicts k images touches about k rows, not all of them.
+    """
+
+    driver: Driver
+    taken_at: float
+    size_bytes: int
+    untracked: int
+    filesystem: FilesystemUsage
+
+    def untracked_bytes(self) -> int:
+        return self.untracked
+
+    def lru_candidates(self) -> Iterator[tuple[CachedRow, FileInfo]]:
+        for row in self.driver.iter_rows_lru():
+            info = self.driver.stat_image(row.image_id)
+            if info is not None:
+                yield row, info
+
+
+def take_streaming_snapshot(driver: Driver, now: float | None = None) -> StreamingSnapshot:
+    """Measure the base directory (streamed) and the filesystem for a prune."""
+    size, untracked = driver.measure_base()
+    return StreamingSnapshot(
+        driver=driver,
+        taken_at=time.time() if now is None else now,
+        size_bytes=size,
+        untracked=untracked,
         filesystem=FilesystemUsage.of(driver.base_dir),
     )
