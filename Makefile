@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/glance-cache-agent run
+	@echo "make run: the agent daemon (scheduler, metrics on 127.0.0.1:9742, demo cache) is not yet available;"
+	@echo "          the driver core is installed in $(VENV): try '$(BIN)/python -m pytest' or 'make bench'."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

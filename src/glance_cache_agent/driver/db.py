@@ -132,4 +132,4 @@ class Database:
         return [] if rows == ["ok"] else rows
 
 
-__all__ = ["Database", "DatabaseError", "SCHEMA", "EXPECTED_COLUMNS", "TxnObserver"]
+__all__ = ["EXPECTED_COLUMNS", "SCHEMA", "Database", "DatabaseError", "TxnObserver"]

@@ -60,7 +60,7 @@ class FileInfo:
     device: int
 
     @classmethod
-    def from_stat(cls, name: str, path: str, st: os.stat_result) -> "FileInfo":
+    def from_stat(cls, name: str, path: str, st: os.stat_result) -> FileInfo:
         return cls(
             name=name,
             path=path,
@@ -90,7 +90,7 @@ class CacheLayout:
     db_path: str
 
     @classmethod
-    def create(cls, base_dir: str | os.PathLike[str], db_name: str = "cache.db") -> "CacheLayout":
+    def create(cls, base_dir: str | os.PathLike[str], db_name: str = "cache.db") -> CacheLayout:
         base = os.path.abspath(os.fspath(base_dir))
         # os.path.join: an absolute db name replaces the base, as in Glance.
         return cls(base_dir=base, db_path=os.path.normpath(os.path.join(base, db_name)))
@@ -171,8 +171,8 @@ def looks_like_lock_file(info: FileInfo) -> bool:
 
 
 __all__ = [
-    "STATES",
     "GLANCE_RESERVED_NAMES",
+    "STATES",
     "CacheLayout",
     "EntryKind",
     "FileInfo",

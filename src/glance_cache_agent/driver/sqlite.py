@@ -48,7 +48,7 @@ class CachedRow:
     hits: int
 
     @classmethod
-    def from_db(cls, r: tuple[Any, ...]) -> "CachedRow":
+    def from_db(cls, r: tuple[Any, ...]) -> CachedRow:
         """Build from a ``SELECT {ROW_COLUMNS}`` tuple; NULLs read as Glance's defaults."""
         return cls(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0)
 
@@ -139,10 +139,12 @@ class Driver:
         """
         lock_dir = self.settings.effective_lock_path or self.base_dir
         os.makedirs(lock_dir, exist_ok=True)
-        with external_lock(lock_dir, "image_cache_db_init", timeout=self.settings.busy_timeout):
-            with self.db.connect(create=True) as conn:
-                conn.execute(SCHEMA)
-                self.db.check_schema(conn)
+        with (
+            external_lock(lock_dir, "image_cache_db_init", timeout=self.settings.busy_timeout),
+            self.db.connect(create=True) as conn,
+        ):
+            conn.execute(SCHEMA)
+            self.db.check_schema(conn)
 
     def check_database(self) -> list[str]:
         """Verify schema and run ``PRAGMA quick_check``; return problems found."""

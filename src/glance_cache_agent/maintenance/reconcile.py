@@ -157,6 +157,8 @@ def run_reconcile(
     if dry_run:
         return plan().result(dry_run=True)
     lock_dir = driver.settings.effective_lock_path or driver.base_dir
-    with external_lock(lock_dir, CLEAN_LOCK, timeout=lock_timeout):
-        with external_lock(lock_dir, PRUNE_LOCK, timeout=lock_timeout):
-            return execute_reconcile(driver, plan())
+    with (
+        external_lock(lock_dir, CLEAN_LOCK, timeout=lock_timeout),
+        external_lock(lock_dir, PRUNE_LOCK, timeout=lock_timeout),
+    ):
+        return execute_reconcile(driver, plan())

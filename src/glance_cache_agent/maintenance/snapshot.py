@@ -25,7 +25,7 @@ class FilesystemUsage:
     total_bytes: int
 
     @classmethod
-    def of(cls, path: str) -> "FilesystemUsage":
+    def of(cls, path: str) -> FilesystemUsage:
         st = os.statvfs(path)
         return cls(free_bytes=st.f_bavail * st.f_frsize, total_bytes=st.f_blocks * st.f_frsize)
 
@@ -33,8 +33,11 @@ class FilesystemUsage:
 class PruneView(Protocol):
     """What the prune planner needs to know about a cache."""
 
-    taken_at: float
-    filesystem: FilesystemUsage
+    @property
+    def taken_at(self) -> float: ...
+
+    @property
+    def filesystem(self) -> FilesystemUsage: ...
 
     @property
     def size_bytes(self) -> int: ...
