@@ -14,16 +14,13 @@ the file, is suspect.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..driver import Driver, FileInfo, delete_cached_file, external_lock, files_open_for_writing
-from .results import CleanResult
-
-LOG = logging.getLogger(__name__)
+from .results import CleanResult, note_failure
 
 LOCK_NAME = "glance-cache-clean"
 
@@ -112,8 +109,7 @@ def _remove_unchanged(info: FileInfo, result: CleanResult, busy: set[tuple[int, 
     try:
         delete_cached_file(info.path)
     except OSError as exc:
-        LOG.warning("Failed to delete '%s': %s; skipping it", info.path, exc)
-        result.errors.append(f"{info.path}: {exc.strerror or exc}")
+        note_failure(result.errors, info.path, exc)
         return False
     return True
 

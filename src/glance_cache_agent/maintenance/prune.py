@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..driver import CachedRow, Driver, FileInfo, external_lock, fsync_directory
-from .results import PruneResult
+from .results import PruneResult, note_failure
 from .snapshot import PruneView, take_streaming_snapshot
 
 LOCK_NAME = "glance-cache-prune"
@@ -183,7 +183,7 @@ def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> li
             result.skipped_images.append(victim.image_id)
             continue
         except OSError as exc:
-            result.errors.append(f"{victim.file.path}: {exc.strerror or exc}")
+            note_failure(result.errors, victim.file.path, exc)
             continue
         evicted.append(victim)
     return evicted
@@ -212,13 +212,16 @@ def execute_prune(
         if not evicted:
             continue
         fsync_directory(driver.base_dir)
-        driver.delete_rows([v.image_id for v in evicted])
+        # a file re-cached since our unlink keeps its row (else: an orphan)
+        driver.delete_rows([v.image_id for v in evicted], only_if_file_missing=True)
         for victim in evicted:
             result.images.append(victim.image_id)
             result.pruned_bytes += victim.file.size
             result.idle_images += victim.idle
         result.pruned_images = len(result.images)
     result.size_after = result.size_before - result.pruned_bytes
+    if result.stopped_by == "target_reached" and result.size_after > result.target_bytes:
+        result.stopped_by = "victims_changed"  # skipped or failed victims: next run continues
     return result
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..driver import CachedRow, Driver, FileInfo, delete_cached_file, external_lock
 from .clean import LOCK_NAME as CLEAN_LOCK
 from .prune import LOCK_NAME as PRUNE_LOCK
-from .results import ReconcileResult
+from .results import ReconcileResult, note_failure
 from .snapshot import CacheSnapshot, take_snapshot
 
 
@@ -114,7 +114,7 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
             try:
                 delete_cached_file(info.path)
             except OSError as exc:
-                result.errors.append(f"{info.path}: {exc.strerror or exc}")
+                note_failure(result.errors, info.path, exc)
                 continue
             result.orphans_removed += 1
     else:
@@ -130,7 +130,7 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
             try:
                 delete_cached_file(entry.path)
             except OSError as exc:
-                result.errors.append(f"{entry.path}: {exc.strerror or exc}")
+                note_failure(result.errors, entry.path, exc)
                 continue
             result.queue_entries_removed += 1
     return result

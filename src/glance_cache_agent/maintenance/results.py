@@ -7,8 +7,21 @@ the document the real run would, with ``dry_run`` true.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+LOG = logging.getLogger("glance_cache_agent.maintenance")
+
+
+def note_failure(errors: list[str], path: str, exc: OSError) -> None:
+    """Log a file operation that failed and record it in a result's ``errors``.
+
+    Maintenance skips what it cannot delete and carries on; the run's result
+    and the log both say what was skipped.
+    """
+    LOG.warning("Failed to remove '%s': %s; skipping it", path, exc)
+    errors.append(f"{path}: {exc.strerror or exc}")
 
 
 @dataclass
@@ -54,7 +67,9 @@ class PruneResult(_Result):
     trigger: str | None = None
     #: ``not_triggered``, ``target_reached``, ``max_images``, ``time_budget``,
     #: ``untracked`` (untracked bytes alone exceed the target) or
-    #: ``no_candidates`` (every remaining image is protected)
+    #: ``no_candidates`` (every remaining image is protected) or
+    #: ``victims_changed`` (victims were read, re-cached or could not be
+    #: deleted after planning, so the target was not reached this run)
     stopped_by: str = "not_triggered"
     untracked_bytes: int = 0
     idle_images: int = 0
