@@ -12,6 +12,7 @@ the agent, its config file or its scheduler.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -162,8 +163,15 @@ class Driver:
         return self.layout.image_path(self._id(image_id), cache_status)
 
     def get_image_size(self, image_id: object) -> int:
-        """Size of the cached file; raises FileNotFoundError when not cached."""
-        return os.path.getsize(self.get_image_filepath(image_id))
+        """Size of the cached file; raises FileNotFoundError when not cached.
+
+        A symlink or other non-regular entry is "not cached" (Glance follows it).
+        """
+        path = self.get_image_filepath(image_id)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+        return st.st_size
 
     # ---------------------------------------------------------------- listing
 
@@ -394,9 +402,16 @@ class Driver:
         return deleted
 
     def delete_invalid_files(self) -> None:
-        """Remove every file in ``invalid/`` (no age check, as in Glance)."""
+        """Remove every file in ``invalid/`` (no age check, as in Glance).
+
+        Differs from Glance: a file that cannot be deleted is logged and
+        skipped instead of aborting the clean.
+        """
         for info in self.scan_state("invalid"):
-            delete_cached_file(info.path)
+            try:
+                delete_cached_file(info.path)
+            except OSError as exc:
+                LOG.error("Failed to delete '%s': %s", info.path, exc)
 
     def delete_stalled_files(self, older_than: float) -> None:
         """Remove ``incomplete/`` files with mtime strictly before ``older_than``.
@@ -434,7 +449,13 @@ class Driver:
         A symlink in place of the file is refused (ELOOP), never followed.
         """
         key = self._id(image_id)
-        fd = os.open(self.layout.image_path(key), os.O_RDONLY | os.O_NOFOLLOW)
+        path = self.layout.image_path(key)
+        # O_NONBLOCK: a fifo planted under an image's name must not hang us.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as cache_file:
             yield cache_file
         with self.db.writing() as conn:
@@ -493,7 +514,7 @@ class Driver:
     def _rollback(self, key: str, incomplete_path: str) -> None:
         if os.path.exists(incomplete_path):
             os.rename(incomplete_path, self.layout.image_path(key, "invalid"))
-        if os.path.exists(self.layout.image_path(key)):
+        if _is_regular_file(self.layout.image_path(key)):
             return  # the previously cached file is still good: keep its row
         with self.db.writing() as conn:
             conn.execute("DELETE FROM cached_images WHERE image_id = ?", (key,))
@@ -525,11 +546,18 @@ class Driver:
             chunk = image_ids[start : start + BATCH_ROWS]
             with self.db.writing() as conn:
                 for key in chunk:
-                    if only_if_file_missing and os.path.lexists(self.layout.image_path(key)):
+                    if only_if_file_missing and self._file_present(key):
                         continue
                     cursor = conn.execute("DELETE FROM cached_images WHERE image_id = ?", (key,))
                     deleted += cursor.rowcount
         return deleted
+
+    def _file_present(self, key: str) -> bool:
+        """Whether a row's id names an entry in the base directory (no path is
+        built for an id that is not a valid image id)."""
+        if self.layout.classify(key) is not EntryKind.IMAGE:
+            return False
+        return os.path.lexists(self.layout.image_path(key))
 
     def adopt_files(self, infos: Sequence[FileInfo]) -> int:
         """Give rowless image files a row from ``stat``; return rows created.
