@@ -35,8 +35,8 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS cached_images (
 
 EXPECTED_COLUMNS = ("image_id", "last_accessed", "last_modified", "size", "hits", "checksum")
 
-#: Receives the duration in seconds of every committed or rolled-back write
-#: transaction (benchmarks and metrics hook in here).
+#: Receives how long, in seconds, each write transaction held the write lock
+#: (from BEGIN IMMEDIATE to COMMIT or ROLLBACK); benchmarks and metrics hook in here.
 TxnObserver = Callable[[float], None]
 
 
@@ -91,8 +91,8 @@ class Database:
         Keep the body to SQL statements and cheap metadata calls: no image
         data is read or written while this lock is held.
         """
-        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
+        started = time.perf_counter()  # lock hold time, not the wait for it
         try:
             yield conn
         except BaseException:
