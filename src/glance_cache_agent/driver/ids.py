@@ -18,6 +18,8 @@ from .errors import InvalidImageId
 MAX_ID_LENGTH = 255
 
 _ALLOWED = re.compile(r"[A-Za-z0-9_-]+")
+#: The whole rule in one expression, for hot paths (directory scans).
+_SYNTAX = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_ID_LENGTH - 1}}}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
@@ -50,6 +52,14 @@ def image_id_problem(image_id: object, reserved: frozenset[str] = frozenset()) -
     if text in reserved:
         return "is reserved by the cache (its database or a lock file)"
     return None
+
+
+def is_image_id_syntax(name: str) -> bool:
+    """Fast check: ``name`` has an image id's syntax (reserved names aside).
+
+    Agrees with ``image_id_problem(name) is None`` for every string.
+    """
+    return _SYNTAX.fullmatch(name) is not None
 
 
 def validate_image_id(image_id: object, reserved: frozenset[str] = frozenset()) -> str:

@@ -12,9 +12,9 @@ import enum
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .ids import image_id_problem, is_uuid
+from .ids import is_image_id_syntax, is_uuid
 
 #: The three state subdirectories Glance creates under the base directory.
 STATES = ("incomplete", "invalid", "queue")
@@ -88,6 +88,17 @@ class CacheLayout:
 
     base_dir: str
     db_path: str
+    #: names with a fixed meaning in the base directory (db, side files, locks)
+    special_names: dict[str, EntryKind] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        special = {name: EntryKind.LOCK_FILE for name in GLANCE_RESERVED_NAMES}
+        if os.path.dirname(self.db_path) == self.base_dir:
+            db_name = os.path.basename(self.db_path)
+            special[db_name] = EntryKind.DATABASE
+            for suffix in SQLITE_SIDE_SUFFIXES:
+                special[db_name + suffix] = EntryKind.DB_SIDE_FILE
+        object.__setattr__(self, "special_names", special)
 
     @classmethod
     def create(cls, base_dir: str | os.PathLike[str], db_name: str = "cache.db") -> CacheLayout:
@@ -96,18 +107,9 @@ class CacheLayout:
         return cls(base_dir=base, db_path=os.path.normpath(os.path.join(base, db_name)))
 
     @property
-    def db_in_base(self) -> bool:
-        return os.path.dirname(self.db_path) == self.base_dir
-
-    @property
     def reserved_names(self) -> frozenset[str]:
         """Names in the base directory that can never be image ids."""
-        names = set(GLANCE_RESERVED_NAMES)
-        if self.db_in_base:
-            db_name = os.path.basename(self.db_path)
-            names.add(db_name)
-            names.update(db_name + suffix for suffix in SQLITE_SIDE_SUFFIXES)
-        return frozenset(names)
+        return frozenset(self.special_names)
 
     def state_dir(self, state: str) -> str:
         if state not in STATES:
@@ -124,17 +126,11 @@ class CacheLayout:
         return os.path.join(self.state_dir(state), image_id)
 
     def classify(self, name: str) -> EntryKind:
-        """Classify a name found in the base directory."""
-        path = os.path.join(self.base_dir, name)
-        if path == self.db_path:
-            return EntryKind.DATABASE
-        if self.db_in_base and any(path == self.db_path + s for s in SQLITE_SIDE_SUFFIXES):
-            return EntryKind.DB_SIDE_FILE
-        if name in GLANCE_RESERVED_NAMES:
-            return EntryKind.LOCK_FILE
-        if image_id_problem(name, self.reserved_names) is not None:
-            return EntryKind.FOREIGN
-        return EntryKind.IMAGE
+        """Classify a name found in the base directory (one dict and one regex lookup)."""
+        kind = self.special_names.get(name)
+        if kind is not None:
+            return kind
+        return EntryKind.IMAGE if is_image_id_syntax(name) else EntryKind.FOREIGN
 
 
 def scan_regular_files(directory: str) -> Iterator[FileInfo]:

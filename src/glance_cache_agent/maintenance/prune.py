@@ -41,7 +41,7 @@ class PrunePolicy:
     max_images_per_run: int | None = None
     #: seconds one run may spend evicting; checked between batches
     time_budget: float | None = None
-    batch_size: int = 100
+    batch_size: int = 500
     #: pause between batches so Glance's 50 ms lock polling gets a turn
     batch_pause: float = 0.1
 
