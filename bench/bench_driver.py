@@ -661,9 +661,10 @@ noisy shared machine; absolute times are for orientation only.
   cache included. The cache is built by another process, so building does
   not count.
 - **Python heap peak** (information): `tracemalloc` peak of the same prune
-  on a rebuilt cache. It grows with the number of *victims* (their ids are
-  the result), not with N: the snapshot keeps a name-to-size map only while
-  it measures, and candidates are read a page at a time.
+  on a rebuilt cache. While it measures, the snapshot holds a name-to-size
+  map of the base directory (about 150 bytes per image, freed before any
+  eviction); after that the heap grows with the number of *victims* (their
+  ids are the result), and candidates are read a page at a time.
 """
 
 SECTION_RE = re.compile(r"<!-- bench:(\d+) -->\n(.*?)<!-- /bench:\1 -->\n", re.DOTALL)

@@ -175,10 +175,11 @@ class Driver:
 
     # ---------------------------------------------------------------- listing
 
-    def iter_image_files(self) -> Iterator[FileInfo]:
-        """Stream the image files of the base directory (one scandir, lstat)."""
+    def iter_image_files(self, directory: str | None = None) -> Iterator[FileInfo]:
+        """Stream regular files named like image ids in ``directory``
+        (default: the base directory); one scandir, ``lstat`` per entry."""
         classify = self.layout.classify
-        for info in scan_regular_files(self.base_dir):
+        for info in scan_regular_files(self.base_dir if directory is None else directory):
             if classify(info.name) is EntryKind.IMAGE:
                 yield info
 
@@ -214,12 +215,7 @@ class Driver:
 
     def scan_state(self, state: str) -> list[FileInfo]:
         """Regular files with valid image-id names in a state directory."""
-        directory = self.layout.state_dir(state)
-        return [
-            info
-            for info in scan_regular_files(directory)
-            if self.layout.classify(info.name) is EntryKind.IMAGE
-        ]
+        return list(self.iter_image_files(self.layout.state_dir(state)))
 
     def get_cache_files(self, basepath: str) -> Iterator[str]:
         """Yield paths of the cache's files in ``basepath``.
@@ -228,13 +224,8 @@ class Driver:
         yielded (never the db, its journal/WAL files or lock files); symlinks
         are never followed; files vanishing mid-scan are skipped.
         """
-        if os.path.abspath(basepath) == self.base_dir:
-            for info in self.iter_image_files():
-                yield info.path
-            return
-        for info in scan_regular_files(basepath):
-            if self.layout.classify(info.name) is EntryKind.IMAGE:
-                yield info.path
+        for info in self.iter_image_files(os.path.abspath(basepath)):
+            yield info.path
 
     def get_cache_size(self) -> int:
         """Bytes of image files in the base directory (tracked and orphaned).
@@ -281,7 +272,7 @@ class Driver:
                 return
             last = page[-1]
             after = (last[1] or 0.0, last[0])
-            page_size = min(page_size * 2, max(max_page_size, page_size))
+            page_size = max(page_size, min(page_size * 2, max_page_size))
 
     def measure_base(self) -> tuple[int, int]:
         """``(image bytes, untracked bytes)`` of the base directory, for pruning.
