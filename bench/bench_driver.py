@@ -370,9 +370,7 @@ def rss_child(root: str, max_size: int) -> dict[str, Any]:
     ``VmHWM`` is what an operator's agent process would show, with SQLite's
     own memory included and no tracemalloc bookkeeping.
     """
-    result = run_prune(
-        Driver(CacheSettings(cache_dir=root)), PrunePolicy(max_size, batch_pause=0)
-    )
+    result = run_prune(Driver(CacheSettings(cache_dir=root)), PrunePolicy(max_size, batch_pause=0))
     return {"maxrss": peak_rss_bytes(), "pruned": result.pruned_images}
 
 
@@ -591,7 +589,10 @@ HEADERS = ["Metric", "Ours", "Baseline", "Ratio", "Target", "Verdict"]
 def render_text_table(rows: list[list[str]]) -> str:
     """A fixed-width table for the terminal."""
     widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(len(HEADERS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [HEADERS, *rows]]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [HEADERS, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -70,7 +71,9 @@ def rows(driver: Driver) -> dict[str, tuple[float, float, int, int]]:
         }
 
 
-def write_file(path: Path, size: int = 1024, age: float | None = None, now: float | None = None) -> Path:
+def write_file(
+    path: Path, size: int = 1024, age: float | None = None, now: float | None = None
+) -> Path:
     """Create ``path`` with ``size`` bytes; with ``age``, set its mtime/atime that far back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"y" * size)
@@ -78,3 +81,23 @@ def write_file(path: Path, size: int = 1024, age: float | None = None, now: floa
         moment = (time.time() if now is None else now) - age
         os.utime(path, (moment, moment))
     return path
+
+
+def disk_state(root: str) -> dict[str, tuple[int, int, int]]:
+    """Every regular file under ``root``: relative path -> (size, mtime_ns, inode)."""
+    state = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            state[os.path.relpath(os.path.join(dirpath, name), root)] = (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+            )
+    return state
+
+
+def full_state(driver: Driver) -> tuple[object, ...]:
+    """Files, rows and the database's bytes: equal before and after means nothing changed."""
+    db_hash = hashlib.sha256(Path(driver.db_path).read_bytes()).hexdigest()
+    return disk_state(driver.base_dir), rows(driver), db_hash

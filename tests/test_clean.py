@@ -8,7 +8,6 @@ mtimes skipped and reported, files being written never deleted.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import subprocess
@@ -24,7 +23,7 @@ from freezegun import freeze_time
 from glance_cache_agent.driver import Driver
 from glance_cache_agent.driver.settings import DEFAULT_STALL_TIME
 from glance_cache_agent.maintenance import CleanPolicy, execute_clean, plan_clean, run_clean
-from tests.conftest import cache_image, rows, write_file
+from tests.conftest import cache_image, disk_state, full_state, rows, write_file
 
 DAY = 86400
 HOUR = 3600
@@ -51,25 +50,6 @@ def incomplete(driver: Driver, name: str) -> Path:
 
 def invalid(driver: Driver, name: str) -> Path:
     return Path(driver.base_dir) / "invalid" / name
-
-
-def disk_state(root: str) -> dict[str, tuple[int, int, int]]:
-    """Every regular file under ``root``: relative path -> (size, mtime_ns, inode)."""
-    state = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            st = os.lstat(os.path.join(dirpath, name))
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ino,
-            )
-    return state
-
-
-def full_state(driver: Driver) -> tuple[object, ...]:
-    db_bytes = Path(driver.db_path).read_bytes()
-    return disk_state(driver.base_dir), rows(driver), hashlib.sha256(db_bytes).hexdigest()
 
 
 # --------------------------------------------------------------- writer process

@@ -411,7 +411,7 @@ def test_write_waits_for_the_lock_and_succeeds_once_released(driver: Driver) -> 
         try:
             driver.delete_cached_image("w")
             outcome["ok"] = True
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread below
             outcome["error"] = exc
         finally:
             done.set()
@@ -437,9 +437,8 @@ def test_busy_timeout_exceeded_is_database_locked(make_driver: Callable[..., Dri
     try:
         holder.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        with pytest.raises(DatabaseLocked, match="locked") as info:
-            with driver.open_for_read("w") as f:
-                assert f.read() == b"x" * 1024
+        with pytest.raises(DatabaseLocked, match="locked") as info, driver.open_for_read("w") as f:
+            assert f.read() == b"x" * 1024
         waited = time.monotonic() - started
         assert info.value.path == driver.db_path
         assert waited >= 0.15, "the busy timeout must actually be waited"
@@ -462,7 +461,7 @@ def test_initialize_db_takes_glances_init_lock(
     def init() -> None:
         try:
             driver.initialize_db()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread below
             outcome["error"] = exc
 
     with external_lock(str(cache_dir), "image_cache_db_init"):

@@ -229,9 +229,11 @@ def test_every_method_taking_an_id_refuses_a_bad_one_before_touching_disk(
     before_rows = rows(driver)
     _, call = method
     for bad in TRAVERSAL_IDS:
-        with mock.patch.object(CacheLayout, "image_path", side_effect=AssertionError("path built")):
-            with pytest.raises(InvalidImageId):
-                call(driver, bad)
+        with (
+            mock.patch.object(CacheLayout, "image_path", side_effect=AssertionError("path built")),
+            pytest.raises(InvalidImageId),
+        ):
+            call(driver, bad)
         assert _tree(tmp_path) == before_tree, bad
         assert rows(driver) == before_rows, bad
     assert (tmp_path / "escape").read_bytes() == b"outside"

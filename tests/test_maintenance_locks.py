@@ -8,7 +8,6 @@ would see. Lock files are never deleted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from glance_cache_agent.maintenance import (
     run_prune,
     run_reconcile,
 )
-from tests.conftest import cache_image, rows, write_file
+from tests.conftest import cache_image, full_state, write_file
 
 KIB = 1024
 DAY = 86400
@@ -99,24 +98,6 @@ def lock_is_held(path: Path) -> bool:
     code = subprocess.run([sys.executable, "-c", PROBE, str(path)], check=False).returncode
     assert code in (0, 3)
     return code == 3
-
-
-def disk_state(root: str) -> dict[str, tuple[int, int, int]]:
-    state = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            st = os.lstat(os.path.join(dirpath, name))
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ino,
-            )
-    return state
-
-
-def full_state(driver: Driver) -> tuple[object, ...]:
-    db_hash = hashlib.sha256(Path(driver.db_path).read_bytes()).hexdigest()
-    return disk_state(driver.base_dir), rows(driver), db_hash
 
 
 def messy_cache(driver: Driver) -> None:

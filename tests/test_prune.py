@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,7 +32,14 @@ from glance_cache_agent.maintenance import (
     run_reconcile,
     take_snapshot,
 )
-from tests.conftest import cache_image, read_image, rows, set_row, write_file
+from tests.conftest import (
+    cache_image,
+    full_state,
+    read_image,
+    rows,
+    set_row,
+    write_file,
+)
 
 KIB = 1024
 DAY = 86400
@@ -62,24 +68,6 @@ def base(driver: Driver, name: str) -> Path:
 
 def image_names(driver: Driver) -> set[str]:
     return set(driver.scan_base().images)
-
-
-def disk_state(root: str) -> dict[str, tuple[int, int, int]]:
-    state = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            st_ = os.lstat(os.path.join(dirpath, name))
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = (
-                st_.st_size,
-                st_.st_mtime_ns,
-                st_.st_ino,
-            )
-    return state
-
-
-def full_state(driver: Driver) -> tuple[object, ...]:
-    db_hash = hashlib.sha256(Path(driver.db_path).read_bytes()).hexdigest()
-    return disk_state(driver.base_dir), rows(driver), db_hash
 
 
 def assert_file_before_row(driver: Driver) -> None:
@@ -685,7 +673,7 @@ def test_plan_prune_properties(case: tuple[CacheSnapshot, PrunePolicy]) -> None:
         if key not in policy.protected_images
     )
     assert [key for _la, key in candidates[: len(victims)]] == victims
-    assert 0 <= plan.target_bytes
+    assert plan.target_bytes >= 0
     assert plan.untracked_bytes == sum(
         f.size for k, f in snap.base.images.items() if k not in snap.rows
     )

@@ -9,7 +9,6 @@ freezegun) relative to the file's real ctime instead.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from glance_cache_agent.maintenance import (
     run_reconcile,
     take_snapshot,
 )
-from tests.conftest import cache_image, rows, set_row, write_file
+from tests.conftest import cache_image, full_state, rows, set_row, write_file
 
 KIB = 1024
 DAY = 86400
@@ -47,24 +46,6 @@ def base(driver: Driver, name: str) -> Path:
 def settled(*paths: Path) -> float:
     """A moment at which every path has just passed the orphan grace."""
     return max(max(p.stat().st_mtime, p.stat().st_ctime) for p in paths) + GRACE
-
-
-def disk_state(root: str) -> dict[str, tuple[int, int, int]]:
-    state = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            st = os.lstat(os.path.join(dirpath, name))
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ino,
-            )
-    return state
-
-
-def full_state(driver: Driver) -> tuple[object, ...]:
-    db_hash = hashlib.sha256(Path(driver.db_path).read_bytes()).hexdigest()
-    return disk_state(driver.base_dir), rows(driver), db_hash
 
 
 def delete_row(driver: Driver, image_id: str) -> None:

@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     if args in (["--version"], ["-V"]):
         print(f"glance-cache-agent {__version__}")
         return 0
-    print("glance-cache-agent: the agent CLI is not yet available (driver core only)", file=sys.stderr)
+    print(
+        "glance-cache-agent: the agent CLI is not yet available (driver core only)", file=sys.stderr
+    )
     return 2
 
 

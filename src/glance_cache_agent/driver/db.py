@@ -65,13 +65,18 @@ class Database:
         """
         if not create and not os.path.exists(self.path):
             raise DatabaseMissing(
-                self.path, "database does not exist (run 'initialize_db' or let glance-api create it)"
+                self.path,
+                "database does not exist (run 'initialize_db' or let glance-api create it)",
             )
         mode = "rwc" if create else "rw"
         uri = f"file:{quote(self.path)}?mode={mode}"
         try:
             conn = sqlite3.connect(
-                uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                uri,
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
             )
         except sqlite3.Error as exc:
             raise translate(self.path, exc) from exc

@@ -20,7 +20,9 @@ MAX_ID_LENGTH = 255
 _ALLOWED = re.compile(r"[A-Za-z0-9_-]+")
 #: The whole rule in one expression, for hot paths (directory scans).
 _SYNTAX = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_ID_LENGTH - 1}}}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
 
 
 def image_id_problem(image_id: object, reserved: frozenset[str] = frozenset()) -> str | None:

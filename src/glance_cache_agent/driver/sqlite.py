@@ -242,7 +242,9 @@ class Driver:
             cursor = conn.execute(f"SELECT {ROW_COLUMNS} FROM cached_images")
             return [CachedRow.from_db(r) for r in cursor]
 
-    def iter_rows_lru(self, page_size: int = 1000, max_page_size: int = 16000) -> Iterator[CachedRow]:
+    def iter_rows_lru(
+        self, page_size: int = 1000, max_page_size: int = 16000
+    ) -> Iterator[CachedRow]:
         """Rows in ``(last_accessed, image_id)`` order, read a page at a time.
 
         Keyset pagination: each page is one short query (no lock held while
@@ -258,7 +260,9 @@ class Driver:
         while True:
             with self.db.connect() as conn:
                 if after is None:
-                    page = conn.execute(f"{query} ORDER BY {order} LIMIT ?", (page_size,)).fetchall()
+                    page = conn.execute(
+                        f"{query} ORDER BY {order} LIMIT ?", (page_size,)
+                    ).fetchall()
                 else:
                     page = conn.execute(
                         f"{query} WHERE COALESCE(last_accessed, 0.0) > ?"
@@ -319,7 +323,9 @@ class Driver:
         if not self.is_cached(key):
             return 0
         with self.db.connect() as conn:
-            row = conn.execute("SELECT hits FROM cached_images WHERE image_id = ?", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT hits FROM cached_images WHERE image_id = ?", (key,)
+            ).fetchone()
         return int(row[0] or 0) if row else 0
 
     def get_least_recently_accessed(self) -> tuple[str, int] | None:
@@ -614,7 +620,9 @@ class Driver:
     def total_hits(self) -> int:
         """Sum of ``hits`` over all rows."""
         with self.db.connect() as conn:
-            return int(conn.execute("SELECT COALESCE(SUM(hits), 0) FROM cached_images").fetchone()[0])
+            return int(
+                conn.execute("SELECT COALESCE(SUM(hits), 0) FROM cached_images").fetchone()[0]
+            )
 
 
 __all__ = ["BaseScan", "CachedRow", "Driver", "delete_cached_file", "fsync_directory"]

@@ -78,7 +78,7 @@ def plan_reconcile(
         age = snapshot.taken_at - max(info.mtime, info.ctime)
         (plan.orphans if age >= policy.orphan_grace else plan.orphans_in_grace).append(info)
     plan.phantoms = snapshot.phantoms()
-    for key, (row, info) in sorted(snapshot.tracked().items()):
+    for _key, (row, info) in sorted(snapshot.tracked().items()):
         if row.size != info.size:
             plan.sizes.append((row, info))
     plan.stale_queue = sorted(

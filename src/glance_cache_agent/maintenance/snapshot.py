@@ -64,7 +64,9 @@ class CacheSnapshot:
     def tracked(self) -> dict[str, tuple[CachedRow, FileInfo]]:
         """Images with both a row and a file."""
         return {
-            key: (row, self.base.images[key]) for key, row in self.rows.items() if key in self.base.images
+            key: (row, self.base.images[key])
+            for key, row in self.rows.items()
+            if key in self.base.images
         }
 
     def orphans(self) -> list[FileInfo]:
