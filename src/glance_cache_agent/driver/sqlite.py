@@ -117,6 +117,11 @@ class Driver:
         self.db_path = self.layout.db_path
         self.db = Database(self.db_path, settings.busy_timeout, txn_observer)
 
+    @property
+    def lock_dir(self) -> str:
+        """Where Glance's oslo lock files live: ``lock_path``, else the cache dir."""
+        return self.settings.effective_lock_path or self.base_dir
+
     # ------------------------------------------------------------------ setup
 
     def configure(self) -> None:
@@ -138,10 +143,9 @@ class Driver:
         timeout (Glance's ``executescript`` has zero lock tolerance). Existing
         rows and the journal mode are left as they are.
         """
-        lock_dir = self.settings.effective_lock_path or self.base_dir
-        os.makedirs(lock_dir, exist_ok=True)
+        os.makedirs(self.lock_dir, exist_ok=True)
         with (
-            external_lock(lock_dir, "image_cache_db_init", timeout=self.settings.busy_timeout),
+            external_lock(self.lock_dir, "image_cache_db_init", timeout=self.settings.busy_timeout),
             self.db.connect(create=True) as conn,
         ):
             conn.execute(SCHEMA)

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..driver import Driver, FileInfo, delete_cached_file, external_lock, files_open_for_writing
-from .results import CleanResult, note_failure
+from ..driver import Driver, FileInfo, external_lock, files_open_for_writing
+from .results import CleanResult, try_remove
 
 LOCK_NAME = "glance-cache-clean"
 
@@ -106,12 +106,7 @@ def _remove_unchanged(info: FileInfo, result: CleanResult, busy: set[tuple[int, 
     if not info.same_file(st) or (st.st_dev, st.st_ino) in busy:
         result.skipped_active += 1
         return False
-    try:
-        delete_cached_file(info.path)
-    except OSError as exc:
-        note_failure(result.errors, info.path, exc)
-        return False
-    return True
+    return try_remove(info.path, result.errors)
 
 
 def execute_clean(
@@ -168,6 +163,5 @@ def run_clean(
 
     if dry_run:
         return plan().result(dry_run=True)
-    lock_dir = driver.settings.effective_lock_path or driver.base_dir
-    with external_lock(lock_dir, LOCK_NAME, timeout=lock_timeout):
+    with external_lock(driver.lock_dir, LOCK_NAME, timeout=lock_timeout):
         return execute_clean(driver, plan(), policy, pause)

@@ -237,7 +237,6 @@ def run_prune(
     """Snapshot, plan and (unless ``dry_run``) evict under Glance's prune lock."""
     if dry_run:
         return plan_prune(take_streaming_snapshot(driver, now), policy).result(dry_run=True)
-    lock_dir = driver.settings.effective_lock_path or driver.base_dir
-    with external_lock(lock_dir, LOCK_NAME, timeout=lock_timeout):
+    with external_lock(driver.lock_dir, LOCK_NAME, timeout=lock_timeout):
         plan = plan_prune(take_streaming_snapshot(driver, now), policy)
         return execute_prune(driver, plan, policy, pause)

@@ -16,10 +16,10 @@ import enum
 import os
 from dataclasses import dataclass, field
 
-from ..driver import CachedRow, Driver, FileInfo, delete_cached_file, external_lock
+from ..driver import CachedRow, Driver, FileInfo, external_lock
 from .clean import LOCK_NAME as CLEAN_LOCK
 from .prune import LOCK_NAME as PRUNE_LOCK
-from .results import ReconcileResult, note_failure
+from .results import ReconcileResult, try_remove
 from .snapshot import CacheSnapshot, take_snapshot
 
 
@@ -109,14 +109,8 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
     elif mode is OrphanPolicy.DELETE:
         rows_now = driver.rows_by_id(i.name for i in orphans)
         for info in orphans:
-            if info.name in rows_now:
-                continue  # Glance inserted its row after all
-            try:
-                delete_cached_file(info.path)
-            except OSError as exc:
-                note_failure(result.errors, info.path, exc)
-                continue
-            result.orphans_removed += 1
+            if info.name not in rows_now and try_remove(info.path, result.errors):
+                result.orphans_removed += 1  # (a row Glance inserted meanwhile keeps its file)
     else:
         result.orphans_reported = len(orphans)
 
@@ -126,12 +120,8 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
         [(row.image_id, info.size) for row, info in plan.sizes if _unchanged(info)]
     )
     for entry in plan.stale_queue:
-        if os.path.exists(driver.layout.image_path(entry.name)):
-            try:
-                delete_cached_file(entry.path)
-            except OSError as exc:
-                note_failure(result.errors, entry.path, exc)
-                continue
+        cached = os.path.exists(driver.layout.image_path(entry.name))
+        if cached and try_remove(entry.path, result.errors):
             result.queue_entries_removed += 1
     return result
 
@@ -156,9 +146,8 @@ def run_reconcile(
 
     if dry_run:
         return plan().result(dry_run=True)
-    lock_dir = driver.settings.effective_lock_path or driver.base_dir
     with (
-        external_lock(lock_dir, CLEAN_LOCK, timeout=lock_timeout),
-        external_lock(lock_dir, PRUNE_LOCK, timeout=lock_timeout),
+        external_lock(driver.lock_dir, CLEAN_LOCK, timeout=lock_timeout),
+        external_lock(driver.lock_dir, PRUNE_LOCK, timeout=lock_timeout),
     ):
         return execute_reconcile(driver, plan())

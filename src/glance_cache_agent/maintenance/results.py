@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..driver import delete_cached_file
+
 LOG = logging.getLogger("glance_cache_agent.maintenance")
 
 
@@ -22,6 +24,16 @@ def note_failure(errors: list[str], path: str, exc: OSError) -> None:
     """
     LOG.warning("Failed to remove '%s': %s; skipping it", path, exc)
     errors.append(f"{path}: {exc.strerror or exc}")
+
+
+def try_remove(path: str, errors: list[str]) -> bool:
+    """Delete ``path`` (already gone is fine); on failure note it and return False."""
+    try:
+        delete_cached_file(path)
+    except OSError as exc:
+        note_failure(errors, path, exc)
+        return False
+    return True
 
 
 @dataclass
