@@ -25,6 +25,7 @@ from glance_cache_agent.driver import (
     DriverError,
     InvalidImageId,
     image_id_problem,
+    is_image_id_syntax,
     is_uuid,
     validate_image_id,
 )
@@ -277,3 +278,11 @@ def test_every_id_of_the_documented_alphabet_is_accepted(name: str) -> None:
             validate_image_id(name, layout.reserved_names)
     else:
         assert validate_image_id(name, layout.reserved_names) == name
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=300) | st.from_regex(r"[A-Za-z0-9._-]{0,260}", fullmatch=True))
+def test_fast_syntax_check_agrees_with_the_full_validator(name: str) -> None:
+    """Directory scans use the one-regex check; it must accept exactly what
+    validate_image_id accepts (reserved names aside)."""
+    assert is_image_id_syntax(name) == (image_id_problem(name) is None)

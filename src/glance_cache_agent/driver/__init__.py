@@ -16,7 +16,7 @@ from .errors import (
     InvalidImageId,
     SchemaMismatch,
 )
-from .ids import image_id_problem, is_uuid, validate_image_id
+from .ids import image_id_problem, is_image_id_syntax, is_uuid, validate_image_id
 from .layout import STATES, CacheLayout, EntryKind, FileInfo, looks_like_lock_file
 from .openfiles import files_open_for_writing
 from .oslo_lock import LockTimeout, external_lock
@@ -48,6 +48,7 @@ __all__ = [
     "files_open_for_writing",
     "fsync_directory",
     "image_id_problem",
+    "is_image_id_syntax",
     "is_uuid",
     "looks_like_lock_file",
     "validate_image_id",
