@@ -282,8 +282,8 @@ class Driver:
             after = (last[1] or 0.0, last[0])
             page_size = max(page_size, min(page_size * 2, max_page_size))
 
-    def measure_base(self) -> tuple[int, int]:
-        """``(image bytes, untracked bytes)`` of the base directory, for pruning.
+    def measure_base(self) -> tuple[int, int, int]:
+        """``(image bytes, untracked bytes, image files)`` of the base directory.
 
         Sizes are the files' ``st_size`` (the file is the truth, not the row).
         One directory scan maps names to sizes; one sequential pass over
@@ -293,11 +293,11 @@ class Driver:
         name-to-size map (about 150 bytes per image) for the call's duration.
         """
         sizes = dict(self.iter_image_sizes())
-        total = sum(sizes.values())
+        total, count = sum(sizes.values()), len(sizes)
         with self.db.connect() as conn:
             for (image_id,) in conn.execute("SELECT image_id FROM cached_images"):
                 sizes.pop(str(image_id), None)
-        return total, sum(sizes.values())
+        return total, sum(sizes.values()), count
 
     def stat_image(self, image_id: str) -> FileInfo | None:
         """``lstat`` of a cached image file; None unless it is a regular file."""

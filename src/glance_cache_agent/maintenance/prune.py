@@ -123,7 +123,7 @@ def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = Non
     projected = size
     protected = 0
     limit = policy.max_images_per_run
-    for row, info in snapshot.lru_candidates():
+    for row, info in snapshot.lru_candidates(size - target if size_driven else 0):
         if row.image_id in policy.protected_images:
             protected += 1
             continue

@@ -44,7 +44,10 @@ class PruneView(Protocol):
 
     def untracked_bytes(self) -> int: ...
 
-    def lru_candidates(self) -> Iterator[tuple[CachedRow, FileInfo]]: ...
+    def lru_candidates(self, bytes_wanted: int = 0) -> Iterator[tuple[CachedRow, FileInfo]]:
+        """Tracked images in eviction order; ``bytes_wanted`` hints how much
+        the caller expects to take, so that a view can read ahead."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class CacheSnapshot:
     def untracked_bytes(self) -> int:
         return sum(info.size for key, info in self.base.images.items() if key not in self.rows)
 
-    def lru_candidates(self) -> Iterator[tuple[CachedRow, FileInfo]]:
+    def lru_candidates(self, bytes_wanted: int = 0) -> Iterator[tuple[CachedRow, FileInfo]]:
         """Tracked images in eviction order: ``(last_accessed, image_id)``."""
         tracked = sorted(self.tracked().values(), key=lambda p: (p[0].last_accessed, p[0].image_id))
         return iter(tracked)
@@ -119,13 +122,19 @@ class StreamingSnapshot:
     taken_at: float
     size_bytes: int
     untracked: int
+    image_files: int
     filesystem: FilesystemUsage
 
     def untracked_bytes(self) -> int:
         return self.untracked
 
-    def lru_candidates(self) -> Iterator[tuple[CachedRow, FileInfo]]:
-        for row in self.driver.iter_rows_lru():
+    def lru_candidates(self, bytes_wanted: int = 0) -> Iterator[tuple[CachedRow, FileInfo]]:
+        """Candidates read in pages; the first page is sized to cover
+        ``bytes_wanted`` at the average image size (each page is a table scan)."""
+        average = self.size_bytes / self.image_files if self.image_files else 0
+        expected = int(bytes_wanted / average * 1.25) + 100 if average else 0
+        first_page = min(max(1000, expected), 20000)
+        for row in self.driver.iter_rows_lru(page_size=first_page):
             info = self.driver.stat_image(row.image_id)
             if info is not None:
                 yield row, info
@@ -133,11 +142,12 @@ class StreamingSnapshot:
 
 def take_streaming_snapshot(driver: Driver, now: float | None = None) -> StreamingSnapshot:
     """Measure the base directory (streamed) and the filesystem for a prune."""
-    size, untracked = driver.measure_base()
+    size, untracked, image_files = driver.measure_base()
     return StreamingSnapshot(
         driver=driver,
         taken_at=time.time() if now is None else now,
         size_bytes=size,
         untracked=untracked,
+        image_files=image_files,
         filesystem=FilesystemUsage.of(driver.base_dir),
     )
