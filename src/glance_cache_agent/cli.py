@@ -1,22 +1,452 @@
-"""Command-line entry point (the full CLI arrives with the agent)."""
+"""``glance-cache-agent``: the command line (DESIGN section 4).
+
+Every data-producing command prints, with ``--json``, exactly one JSON
+document on stdout; logs and errors go to stderr. Exit codes: 0 done, 1 the
+operation failed, 2 usage error, 75 another maintenance run holds the lock,
+78 configuration error. Commands other than ``run`` import only what they
+need, so a maintenance command starts fast.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from . import __version__
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75
+EXIT_CONFIG = 78
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the version; every other command is not yet available."""
-    args = sys.argv[1:] if argv is None else argv
-    if args in (["--version"], ["-V"]):
-        print(f"glance-cache-agent {__version__}")
-        return 0
-    print(
-        "glance-cache-agent: the agent CLI is not yet available (driver core only)", file=sys.stderr
+PROG = "glance-cache-agent"
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every subcommand of DESIGN section 4."""
+    parser = _Parser(prog=PROG, description="Keep a Glance sqlite image cache healthy and visible.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        help="config file (default: $GLANCE_CACHE_AGENT_CONFIG, else "
+        "/etc/glance-cache-agent/config.yaml)",
     )
-    return 2
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error", "critical"), default=None
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print one JSON document")
+        return p
+
+    command("run", "run the daemon: scheduler, metrics endpoint, sd_notify", json_flag=False)
+    p = command("clean", "remove invalid files and stalled incomplete files")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed")
+    p.add_argument("--stall-time", metavar="DUR", help="override cache.stall_time (e.g. 6h)")
+    p = command("prune", "evict least recently accessed images down to the target")
+    p.add_argument("--dry-run", action="store_true", help="report what would be evicted")
+    p.add_argument("--max-size", metavar="SIZE", help="override cache.max_size (e.g. 50GiB)")
+    p = command("reconcile", "fix orphan files, phantom rows, size drift, stale queue entries")
+    p.add_argument("--dry-run", action="store_true", help="report what would change")
+    command("status", "one summary of the cache")
+    command("list-cached", "cached images, ordered by image id")
+    command("list-queued", "queued image ids, oldest first")
+    for name, text in (
+        ("queue", "queue images for caching"),
+        ("delete-cached", "delete cached images"),
+        ("delete-queued", "delete queue entries"),
+    ):
+        command(name, text).add_argument("image_ids", nargs="+", metavar="ID")
+    for name, text in (
+        ("delete-all-cached", "delete every cached image (needs --yes)"),
+        ("delete-all-queued", "delete every queue entry (needs --yes)"),
+    ):
+        command(name, text).add_argument("--yes", action="store_true", help="really do it")
+    p = command("check-config", "validate a config file and print the effective config")
+    p.add_argument("path", nargs="?", help="config file to check (default: as -c)")
+    return parser
+
+
+# ----------------------------------------------------------------- plumbing
+
+
+def _emit(args: argparse.Namespace, document: Any, human: Callable[[], str]) -> None:
+    """Print ``document`` as JSON with --json, else the human rendering."""
+    if getattr(args, "json", False):
+        json.dump(document, sys.stdout, indent=2, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        text = human()
+        if text:
+            print(text)
+
+
+def _load(args: argparse.Namespace, explicit_path: str | None = None) -> Any:
+    from .config import load_config, resolve_config_path
+
+    path, _explicit = resolve_config_path(explicit_path or args.config, os.environ)
+    return load_config(path)
+
+
+def _setup_logging(args: argparse.Namespace, config: Any | None) -> None:
+    from .logging import configure_logging
+
+    level = args.log_level or (config.logging.level if config else "info")
+    fmt = args.log_format or (config.logging.format if config else "auto")
+    configure_logging(level, fmt, stream=sys.stderr)
+
+
+def _log_summary(outcome: Any) -> None:
+    from .logging import get_logger
+    from .runner import summary_fields
+
+    get_logger("glance_cache_agent.cli").info("task finished", **summary_fields(outcome))
+
+
+def _validate_ids(driver: Any, ids: Sequence[str]) -> list[str]:
+    from .driver import image_id_problem
+
+    for image_id in ids:
+        problem = image_id_problem(image_id, driver.layout.reserved_names)
+        if problem is not None:
+            shown = image_id if len(image_id) <= 80 else image_id[:77] + "..."
+            raise UsageError(f"invalid image id {shown!r}: {problem}")
+    return list(ids)
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace, config: Any) -> int:
+    from .daemon import run_daemon
+
+    return run_daemon(config, config_path=args.resolved_config, log_format=args.log_format)
+
+
+def _maintenance(args: argparse.Namespace, config: Any, task: str, **overrides: Any) -> int:
+    from .runner import run_task
+
+    outcome = run_task(
+        config, task, dry_run=args.dry_run, lock_wait=config.agent.lock_timeout, **overrides
+    )
+    _log_summary(outcome)
+    document = outcome.result.to_dict()
+    _emit(args, document, lambda: _render_result(task, document))
+    return EXIT_OK if not document.get("errors") else EXIT_FAILED
+
+
+def cmd_clean(args: argparse.Namespace, config: Any) -> int:
+    stall_time = None
+    if args.stall_time is not None:
+        from .config import parse_duration
+
+        try:
+            stall_time = parse_duration(args.stall_time)
+        except ValueError as exc:
+            raise UsageError(f"--stall-time: {exc}") from None
+    return _maintenance(args, config, "clean", stall_time=stall_time)
+
+
+def cmd_prune(args: argparse.Namespace, config: Any) -> int:
+    max_size = None
+    if args.max_size is not None:
+        from .config import parse_size
+
+        try:
+            max_size = parse_size(args.max_size)
+        except ValueError as exc:
+            raise UsageError(f"--max-size: {exc}") from None
+    return _maintenance(args, config, "prune", max_size=max_size)
+
+
+def cmd_reconcile(args: argparse.Namespace, config: Any) -> int:
+    return _maintenance(args, config, "reconcile")
+
+
+def cmd_status(args: argparse.Namespace, config: Any) -> int:
+    from .cache_state import compute_status
+    from .runner import open_driver
+
+    document = compute_status(open_driver(config), config.cache.max_size)
+    _emit(args, document, lambda: _render_status(document))
+    return EXIT_OK
+
+
+def cmd_list_cached(args: argparse.Namespace, config: Any) -> int:
+    from .fmt import age, iec, table
+    from .runner import open_driver
+
+    entries = [
+        {
+            "image_id": row["image_id"],
+            "size": int(row["size"]),
+            "hits": int(row["hits"]),
+            "last_accessed": row["last_accessed"],
+            "last_modified": row["last_modified"],
+        }
+        for row in open_driver(config).get_cached_images()
+    ]
+    now = time.time()
+
+    def human() -> str:
+        if not entries:
+            return "no cached images"
+        rows = [
+            [
+                e["image_id"],
+                iec(e["size"]),
+                str(e["hits"]),
+                age(now - e["last_accessed"]) + " ago",
+                age(now - e["last_modified"]) + " ago",
+            ]
+            for e in entries
+        ]
+        head = ["IMAGE ID", "SIZE", "HITS", "LAST ACCESSED", "CACHED"]
+        return table(head, rows, right=(1, 2))
+
+    _emit(args, entries, human)
+    return EXIT_OK
+
+
+def cmd_list_queued(args: argparse.Namespace, config: Any) -> int:
+    from .runner import open_driver
+
+    queued = open_driver(config).get_queued_images()
+    _emit(args, queued, lambda: "\n".join(queued) if queued else "no queued images")
+    return EXIT_OK
+
+
+def cmd_queue(args: argparse.Namespace, config: Any) -> int:
+    from .runner import open_driver
+
+    driver = open_driver(config)
+    ids = _validate_ids(driver, args.image_ids)
+    queued: list[str] = []
+    skipped: dict[str, str] = {}
+    for image_id in ids:
+        if driver.is_cached(image_id):
+            skipped[image_id] = "already cached"
+        elif driver.is_being_cached(image_id):
+            skipped[image_id] = "being cached"
+        elif driver.queue_image(image_id):
+            queued.append(image_id)
+        else:
+            skipped[image_id] = "already queued"
+    lines = [f"queued {i}" for i in queued] + [f"not queued {i}: {r}" for i, r in skipped.items()]
+    _emit(args, {"queued": queued, "not_queued": skipped}, lambda: "\n".join(lines))
+    return EXIT_OK
+
+
+def _delete_each(args: argparse.Namespace, config: Any, state: str) -> int:
+    from .locks import maintenance_lock
+    from .runner import open_driver
+
+    driver = open_driver(config)
+    ids = _validate_ids(driver, args.image_ids)
+    deleted: list[str] = []
+    absent: list[str] = []
+    with maintenance_lock(config.agent.runtime_dir, config.agent.lock_timeout):
+        exists, delete = (
+            (driver.is_cached, driver.delete_cached_image)
+            if state == "cached"
+            else (driver.is_queued, driver.delete_queued_image)
+        )
+        for image_id in ids:
+            present = exists(image_id)
+            delete(image_id)
+            (deleted if present else absent).append(image_id)
+    lines = [f"deleted {i}" for i in deleted] + [f"not {state}: {i}" for i in absent]
+    _emit(args, {"deleted": deleted, "not_found": absent}, lambda: "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_delete_cached(args: argparse.Namespace, config: Any) -> int:
+    return _delete_each(args, config, "cached")
+
+
+def cmd_delete_queued(args: argparse.Namespace, config: Any) -> int:
+    return _delete_each(args, config, "queued")
+
+
+def _delete_all(args: argparse.Namespace, config: Any, what: str) -> int:
+    from .locks import maintenance_lock
+    from .runner import open_driver
+
+    if not args.yes:
+        raise UsageError(f"delete-all-{what} deletes every {what} entry; add --yes to confirm")
+    driver = open_driver(config)
+    with maintenance_lock(config.agent.runtime_dir, config.agent.lock_timeout):
+        if what == "cached":
+            count = driver.delete_all_cached_images()
+        else:
+            count = driver.delete_all_queued_images()
+    noun = "cached images" if what == "cached" else "queue entries"
+    _emit(args, {"deleted": count}, lambda: f"deleted {count} {noun}")
+    return EXIT_OK
+
+
+def cmd_delete_all_cached(args: argparse.Namespace, config: Any) -> int:
+    return _delete_all(args, config, "cached")
+
+
+def cmd_delete_all_queued(args: argparse.Namespace, config: Any) -> int:
+    return _delete_all(args, config, "queued")
+
+
+def cmd_check_config(args: argparse.Namespace, config: Any) -> int:
+    from .config import effective_config_dict, render_effective_config
+
+    _emit(
+        args,
+        effective_config_dict(config),
+        lambda: f"{config.path or 'built-in defaults'}: OK\n\n{render_effective_config(config)}",
+    )
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "run": cmd_run,
+    "clean": cmd_clean,
+    "prune": cmd_prune,
+    "reconcile": cmd_reconcile,
+    "status": cmd_status,
+    "list-cached": cmd_list_cached,
+    "list-queued": cmd_list_queued,
+    "queue": cmd_queue,
+    "delete-cached": cmd_delete_cached,
+    "delete-queued": cmd_delete_queued,
+    "delete-all-cached": cmd_delete_all_cached,
+    "delete-all-queued": cmd_delete_all_queued,
+    "check-config": cmd_check_config,
+}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _render_result(task: str, d: dict[str, Any]) -> str:
+    from .fmt import iec
+
+    verb = "would " if d["dry_run"] else ""
+    if task == "clean":
+        lines = [
+            f"{'Would remove' if d['dry_run'] else 'Removed'} {d['invalid_removed']} invalid"
+            f" and {d['stalled_removed']} stalled files ({iec(d['bytes_freed'])})",
+            *(f"  {path}" for path in d["files"]),
+        ]
+        if d["skipped_active"]:
+            lines.append(f"kept {d['skipped_active']} incomplete files still being written")
+        if d["skipped_future"]:
+            lines.append(f"kept {d['skipped_future']} files with an mtime in the future")
+    elif task == "prune":
+        lines = [
+            f"{'Would evict' if d['dry_run'] else 'Evicted'} {d['pruned_images']} images"
+            f" ({iec(d['pruned_bytes'])}): {iec(d['size_before'])} -> {iec(d['size_after'])},"
+            f" target {iec(d['target_bytes'])}, stopped: {d['stopped_by']}",
+            *(f"  {image_id}" for image_id in d["images"]),
+        ]
+        if d["stopped_by"] == "untracked":
+            lines.append(
+                f"untracked files hold {iec(d['untracked_bytes'])}, more than the target:"
+                " run 'reconcile' to adopt or remove them"
+            )
+    else:
+        lines = [
+            f"orphans: {verb}adopt {d['orphans_adopted']}, {verb}remove {d['orphans_removed']},"
+            f" report {d['orphans_reported']}, within grace {d['orphans_in_grace']}",
+            f"phantom rows: {verb}remove {d['phantoms_removed']}",
+            f"sizes: {verb}fix {d['sizes_fixed']}",
+            f"queue entries of cached images: {verb}remove {d['queue_entries_removed']}",
+        ]
+    lines += [f"error: {e}" for e in d.get("errors", [])]
+    return "\n".join(lines)
+
+
+def _render_status(d: dict[str, Any]) -> str:
+    from .fmt import iec
+
+    rows = [
+        ("cache", d["cache_dir"]),
+        ("size", f"{iec(d['size_bytes'])} of {iec(d['max_size_bytes'])}"),
+        ("cached images", str(d["cached_images"])),
+        ("queued images", str(d["queued_images"])),
+        ("incomplete files", str(d["incomplete_files"])),
+        ("invalid files", str(d["invalid_files"])),
+        ("orphan files", f"{d['orphan_files']} ({iec(d['untracked_bytes'])} untracked)"),
+        ("phantom rows", str(d["phantom_rows"])),
+        ("filesystem free", iec(d["filesystem_free_bytes"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load the config, run the command; map failures to exit codes."""
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    config = None
+    try:
+        explicit = args.path if args.command == "check-config" else None
+        config = _load(args, explicit)
+        args.resolved_config = config.path
+        _setup_logging(args, config)
+        return COMMANDS[args.command](args, config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_FAILED)
+    except Exception as exc:  # noqa: BLE001 - mapped to documented exit codes below
+        return _fail_known(exc)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def _fail_known(exc: Exception) -> int:
+    from .driver import DriverError, InvalidImageId, LockTimeout
+    from .locks import LockBusy
+
+    if isinstance(exc, LockBusy | LockTimeout):
+        return _fail(str(exc), EXIT_LOCKED)
+    if isinstance(exc, InvalidImageId):
+        return _fail(str(exc), EXIT_USAGE)
+    if isinstance(exc, DriverError):
+        return _fail(str(exc), EXIT_FAILED)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
+    raise exc
 
 
 if __name__ == "__main__":

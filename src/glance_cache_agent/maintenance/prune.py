@@ -91,6 +91,7 @@ class PrunePlan:
             trigger=self.trigger,
             stopped_by=self.stopped_by,
             untracked_bytes=self.untracked_bytes,
+            hits_evicted=sum(v.row.hits for v in self.victims),
             idle_images=sum(1 for v in self.victims if v.idle),
             protected_skipped=self.protected_skipped,
         )
@@ -194,12 +195,17 @@ def execute_prune(
     plan: PrunePlan,
     policy: PrunePolicy,
     pause: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
 ) -> PruneResult:
-    """Evict the plan's victims in batches; stop early on the time budget."""
+    """Evict the plan's victims in batches; stop early on the time budget.
+
+    ``stop`` is asked before each batch (a batch is never cut in half): when
+    it answers True the run ends with ``stopped_by: stopped`` (shutdown).
+    """
     result = plan.result(dry_run=False)
     result.pruned_images = result.pruned_bytes = 0
     result.images = []
-    result.idle_images = 0
+    result.idle_images = result.hits_evicted = 0
     deadline = None if policy.time_budget is None else time.monotonic() + policy.time_budget
     batch_size = max(1, policy.batch_size)
     for start in range(0, len(plan.victims), batch_size):
@@ -208,6 +214,9 @@ def execute_prune(
             break
         if start and policy.batch_pause > 0:
             pause(policy.batch_pause)
+        if stop is not None and stop():
+            result.stopped_by = "stopped"
+            break
         evicted = _evict_files(driver, plan.victims[start : start + batch_size], result)
         if not evicted:
             continue
@@ -218,6 +227,7 @@ def execute_prune(
             result.images.append(victim.image_id)
             result.pruned_bytes += victim.file.size
             result.idle_images += victim.idle
+            result.hits_evicted += victim.row.hits
         result.pruned_images = len(result.images)
     result.size_after = result.size_before - result.pruned_bytes
     if result.stopped_by == "target_reached" and result.size_after > result.target_bytes:
@@ -233,10 +243,11 @@ def run_prune(
     now: float | None = None,
     lock_timeout: float | None = 60.0,
     pause: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
 ) -> PruneResult:
     """Snapshot, plan and (unless ``dry_run``) evict under Glance's prune lock."""
     if dry_run:
         return plan_prune(take_streaming_snapshot(driver, now), policy).result(dry_run=True)
     with external_lock(driver.lock_dir, LOCK_NAME, timeout=lock_timeout):
         plan = plan_prune(take_streaming_snapshot(driver, now), policy)
-        return execute_prune(driver, plan, policy, pause)
+        return execute_prune(driver, plan, policy, pause, stop)

@@ -81,9 +81,12 @@ class PruneResult(_Result):
     #: ``untracked`` (untracked bytes alone exceed the target) or
     #: ``no_candidates`` (every remaining image is protected) or
     #: ``victims_changed`` (victims were read, re-cached or could not be
-    #: deleted after planning, so the target was not reached this run)
+    #: deleted after planning, so the target was not reached this run) or
+    #: ``stopped`` (the agent was asked to shut down between two batches)
     stopped_by: str = "not_triggered"
     untracked_bytes: int = 0
+    #: hits the evicted images had (keeps a monotonic hit counter monotonic)
+    hits_evicted: int = 0
     idle_images: int = 0
     protected_skipped: int = 0
     #: victims left alone because they changed after planning (read, re-cached, gone)

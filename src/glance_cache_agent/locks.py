@@ -1,0 +1,75 @@
+"""The agent's maintenance lock: one maintenance run at a time per node.
+
+The daemon's scheduled tasks and ad-hoc runs (``glance-cache-agent prune``,
+``systemctl start glance-cache-agent-run@prune``) take the same exclusive
+``flock`` on ``<runtime_dir>/maintenance.lock`` and write their pid into it,
+so a run that cannot get the lock can say who holds it. ``flock`` belongs to
+the open file, so two threads of the daemon exclude each other too. The lock
+file is never deleted (a deleted lock file that someone holds is no lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+LOCK_NAME = "maintenance.lock"
+POLL_INTERVAL = 0.1
+
+
+class LockBusy(Exception):
+    """Another maintenance run held the lock for longer than we would wait."""
+
+    def __init__(self, path: str, holder_pid: int | None, waited: float) -> None:
+        holder = f"pid {holder_pid}" if holder_pid else "an unknown process"
+        super().__init__(
+            f"another maintenance run holds {path} ({holder}); gave up after {waited:.0f} s"
+        )
+        self.path = path
+        self.holder_pid = holder_pid
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def maintenance_lock(runtime_dir: str, timeout: float | None) -> Iterator[str]:
+    """Hold the exclusive maintenance lock for the body; yield its path.
+
+    ``timeout`` None waits for as long as it takes; 0 tries once. Raises
+    LockBusy naming the holder's pid when the wait runs out.
+    """
+    os.makedirs(runtime_dir, exist_ok=True)
+    path = os.path.join(runtime_dir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        started = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            waited = time.monotonic() - started
+            if timeout is not None and waited >= timeout:
+                raise LockBusy(path, _read_pid(fd), waited)
+            time.sleep(POLL_INTERVAL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

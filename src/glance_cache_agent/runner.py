@@ -1,0 +1,149 @@
+"""Run one maintenance task the way both the daemon and the CLI run it.
+
+A run opens the driver from the config (never creating anything), takes the
+agent's maintenance lock (unless it is a dry run, which changes nothing),
+then hands over to ``maintenance``. The scheduler and the CLI both call
+``run_task``, so a scheduled run and an ad-hoc run can never overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config_model import TASK_NAMES, Config
+from .driver import CacheDirectoryError, Driver
+from .locks import maintenance_lock
+from .maintenance import (
+    CleanResult,
+    PruneResult,
+    ReconcileResult,
+    run_clean,
+    run_prune,
+    run_reconcile,
+)
+
+Result = CleanResult | PruneResult | ReconcileResult
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One finished run: what ran, how it was triggered, how long, what it did."""
+
+    task: str
+    trigger: str
+    duration: float
+    result: Result
+
+
+def open_driver(config: Config) -> Driver:
+    """A driver on the configured cache; the directory must already exist.
+
+    Nothing is created here: a wrong path must fail loudly, not produce an
+    empty cache next to the real one.
+    """
+    directory = config.cache.dir
+    if not os.path.lexists(directory):
+        raise CacheDirectoryError(f"cache directory {directory} does not exist")
+    if not os.path.isdir(directory):
+        raise CacheDirectoryError(f"cache directory {directory} is not a directory")
+    return Driver(config.cache_settings())
+
+
+def run_task(
+    config: Config,
+    task: str,
+    *,
+    trigger: str = "adhoc",
+    dry_run: bool = False,
+    max_size: int | None = None,
+    stall_time: float | None = None,
+    lock_wait: float | None = None,
+    pause: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
+) -> TaskOutcome:
+    """Run ``task`` (clean, prune or reconcile) once and return its outcome.
+
+    ``max_size`` and ``stall_time`` override the config for this run (CLI
+    flags). ``lock_wait`` bounds the wait for the maintenance lock (None:
+    wait as long as it takes). Raises LockBusy, DriverError subclasses,
+    LockTimeout (Glance's own lock) or OSError; the caller reports them.
+    ``pause`` is how the run waits between batches and ``stop`` is asked
+    between batches whether to end early: the daemon passes its shutdown
+    event's ``wait`` and ``is_set`` so SIGTERM is honoured at a safe point.
+    """
+    if task not in TASK_NAMES:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
+    driver = open_driver(config)
+    started = time.monotonic()
+    if dry_run:
+        result = _dispatch(config, driver, task, True, max_size, stall_time, pause, stop)
+    else:
+        with maintenance_lock(config.agent.runtime_dir, lock_wait):
+            result = _dispatch(config, driver, task, False, max_size, stall_time, pause, stop)
+    return TaskOutcome(task, trigger, time.monotonic() - started, result)
+
+
+def _dispatch(
+    config: Config,
+    driver: Driver,
+    task: str,
+    dry_run: bool,
+    max_size: int | None,
+    stall_time: float | None,
+    pause: Callable[[float], None],
+    stop: Callable[[], bool] | None,
+) -> Result:
+    lock_timeout = config.agent.glance_lock_timeout
+    if task == "clean":
+        return run_clean(
+            driver,
+            config.clean_policy(stall_time),
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+            pause=pause,
+        )
+    if task == "prune":
+        return run_prune(
+            driver,
+            config.prune_policy(max_size),
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+            pause=pause,
+            stop=stop,
+        )
+    return run_reconcile(
+        driver, config.reconcile_policy(), dry_run=dry_run, lock_timeout=lock_timeout
+    )
+
+
+#: Per task, the result fields worth a place in the one-line run summary.
+_SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "clean": ("invalid_removed", "stalled_removed", "bytes_freed", "skipped_active"),
+    "prune": ("pruned_images", "pruned_bytes", "size_before", "size_after", "stopped_by"),
+    "reconcile": (
+        "orphans_adopted",
+        "orphans_removed",
+        "orphans_reported",
+        "phantoms_removed",
+        "sizes_fixed",
+    ),
+}
+
+
+def summary_fields(outcome: TaskOutcome) -> dict[str, Any]:
+    """The key/value pairs of the one log line every run ends with."""
+    data = outcome.result.to_dict()
+    fields: dict[str, Any] = {
+        "task": outcome.task,
+        "trigger": outcome.trigger,
+        "dry_run": data["dry_run"],
+        "duration_seconds": round(outcome.duration, 3),
+    }
+    fields.update({key: data[key] for key in _SUMMARY_KEYS[outcome.task]})
+    if data.get("errors"):
+        fields["errors"] = len(data["errors"])
+    return fields
