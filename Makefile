@@ -7,6 +7,8 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CONFIG ?=
+DEMO_DIR ?= .demo
 
 .PHONY: all install run test bench lint clean
 
@@ -23,9 +25,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# With CONFIG=path (or $$GLANCE_CACHE_AGENT_CONFIG) runs on that config; otherwise on a
+# demo cache under $(DEMO_DIR) (built once: sparse files, no real disk use).
 run: $(STAMP)
-	@echo "make run: the agent daemon (scheduler, metrics on 127.0.0.1:9742, demo cache) is not yet available;"
-	@echo "          the driver core is installed in $(VENV): try '$(BIN)/python -m pytest' or 'make bench'."
+ifeq ($(strip $(CONFIG)$(GLANCE_CACHE_AGENT_CONFIG)),)
+	@config=$$($(BIN)/python -m glance_cache_agent.demo $(DEMO_DIR)) && \
+	echo "demo cache:  $(DEMO_DIR)/cache (config $$config)" && \
+	echo "metrics:     http://127.0.0.1:9742/metrics   health: http://127.0.0.1:9742/healthz" && \
+	echo "try:         $(BIN)/glance-cache-agent -c $$config status" && \
+	echo "stop:        Ctrl-C" && \
+	exec $(BIN)/glance-cache-agent -c $$config run
+else
+	$(BIN)/glance-cache-agent $(if $(CONFIG),-c $(CONFIG)) run
+endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
