@@ -187,10 +187,12 @@ def cmd_reconcile(args: argparse.Namespace, config: Any) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Any) -> int:
-    from .cache_state import compute_status
+    from .cache_state import compute_cache_state, status_document
     from .runner import open_driver
 
-    document = compute_status(open_driver(config), config.cache.max_size)
+    driver = open_driver(config)
+    state = compute_cache_state(driver, config.cache.max_size, per_image_limit=0)
+    document = status_document(state, driver.base_dir)
     _emit(args, document, lambda: _render_status(document))
     return EXIT_OK
 

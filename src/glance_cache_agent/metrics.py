@@ -1,0 +1,421 @@
+"""Prometheus metrics: the cache's state and the agent's own activity.
+
+Two sources feed one registry (``build_registry``):
+
+* ``CacheStateCollector`` serves the cache-state families (sizes, image
+  counts, orphans, hits...). Computing them scans the cache directory and
+  reads every row, which costs about a second at 100k images, so a scrape
+  never computes: it serves the latest ``CacheState`` and, when that is older
+  than ``metrics.state_max_age``, starts one refresh in the background. A
+  scrape's cost therefore depends on ``per_image_limit``, not on the number
+  of cached images.
+* ``AgentMetrics`` is direct instrumentation of the agent's tasks; the
+  runner calls ``observe_task`` after every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .cache_state import CacheState, ImageStat, compute_cache_state
+from .config_model import MetricsConfig
+from .driver import Driver
+from .maintenance import CleanResult, PruneResult, ReconcileResult
+
+LOG = logging.getLogger(__name__)
+
+#: ``removed_files_total{reason}`` label values, all exported from start-up.
+REMOVAL_REASONS = ("invalid", "stalled", "orphan", "pruned")
+
+TaskResult = CleanResult | PruneResult | ReconcileResult
+Spawn = Callable[[Callable[[], None]], None]
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What ``collect()`` serves: the last refresh attempt and its outcome."""
+
+    attempted_at: float
+    #: None when the attempt failed
+    state: CacheState | None
+    hits_total: int
+
+
+def _start_daemon_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="cache-state-refresh", daemon=True).start()
+
+
+def _age_note(max_age: float) -> str:
+    return f" Computed in the background; up to {max_age:g} s old."
+
+
+class CacheStateCollector(Collector):
+    """Serves the latest ``CacheState``; refreshes it in the background when stale.
+
+    ``collect()`` never scans. When the state it holds is older than
+    ``metrics_config.state_max_age`` (or the clock went backwards, or
+    ``mark_stale()`` was called) it starts one refresh through ``spawn`` (a
+    daemon thread by default; never two at once) and serves the old state
+    meanwhile. Call ``refresh()`` once at start-up so the first scrape has data.
+
+    Each refresh opens a driver with ``driver_factory`` and reads
+    ``max_size`` (a callable follows config reloads); ``compute()`` is the
+    one place that touches the cache.
+
+    ``glance_cache_hits_total`` never decreases: it is the larger of its
+    previous value and the hits summed over the rows plus ``removed_hits()``
+    (hits of images the agent itself evicted; ``build_registry`` wires it to
+    ``AgentMetrics.hits_removed``). ``removed_hits`` is read before the
+    snapshot, so an eviction racing a refresh is counted late, never twice.
+    """
+
+    def __init__(
+        self,
+        driver_factory: Callable[[], Driver],
+        max_size: int | Callable[[], int],
+        metrics_config: MetricsConfig,
+        *,
+        removed_hits: Callable[[], int] = lambda: 0,
+        spawn: Spawn = _start_daemon_thread,
+    ) -> None:
+        self.driver_factory = driver_factory
+        self.max_size = max_size
+        self.per_image_limit = metrics_config.per_image_limit if metrics_config.per_image else 0
+        self.state_max_age = metrics_config.state_max_age
+        self.removed_hits = removed_hits
+        self._spawn = spawn
+        self._lock = threading.Lock()  # guards the fields below; held only briefly
+        self._refresh_lock = threading.Lock()  # one computation at a time
+        self._served: _Served | None = None
+        self._hits_total = 0
+        self._refreshing = False
+        self._marked_stale = False
+
+    def compute(self) -> CacheState:
+        """Measure the cache (the slow part; never called by ``collect()``)."""
+        max_size = self.max_size() if callable(self.max_size) else self.max_size
+        return compute_cache_state(self.driver_factory(), max_size, self.per_image_limit)
+
+    @property
+    def state(self) -> CacheState | None:
+        """The state being served; None before the first success or after a failure."""
+        with self._lock:
+            return self._served.state if self._served else None
+
+    def mark_stale(self) -> None:
+        """Make the next scrape start a refresh (e.g. after a task changed the cache)."""
+        with self._lock:
+            self._marked_stale = True
+
+    def refresh(self) -> CacheState | None:
+        """Compute a new state now (blocking); return it, or None if it failed."""
+        with self._refresh_lock:
+            with self._lock:
+                self._marked_stale = False
+            removed = self.removed_hits()
+            attempted_at = time.time()
+            try:
+                state = self.compute()
+            except Exception as exc:  # noqa: BLE001 - any failure is reported as scrape_success 0
+                LOG.warning("Cannot compute the cache state: %s", exc, exc_info=True)
+                with self._lock:
+                    self._served = _Served(attempted_at, None, self._hits_total)
+                return None
+            with self._lock:
+                self._hits_total = max(self._hits_total, state.hits + removed)
+                self._served = _Served(attempted_at, state, self._hits_total)
+            return state
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: registering the collector must not compute anything."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Serve the held state; start a background refresh if it is stale."""
+        now = time.time()
+        with self._lock:
+            served = self._served
+            stale = (
+                served is None
+                or self._marked_stale
+                or not 0 <= now - served.attempted_at < self.state_max_age
+            )
+            start = stale and not self._refreshing
+            if start:
+                self._refreshing = True
+        if start:
+            try:
+                self._spawn(self._refresh_in_background)
+            except BaseException:
+                with self._lock:
+                    self._refreshing = False
+                raise
+        return list(self._families(served))
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            with self._lock:
+                self._refreshing = False
+
+    def _families(self, served: _Served | None) -> Iterator[Metric]:
+        note = _age_note(self.state_max_age)
+        ok = served is not None and served.state is not None
+        yield GaugeMetricFamily(
+            "glance_cache_scrape_success",
+            "1 if the last cache-state refresh succeeded; 0 if it failed (database or cache"
+            " directory missing or unreadable), and then the cache-state metrics are absent.",
+            value=1 if ok else 0,
+        )
+        if served is None:
+            return
+        yield GaugeMetricFamily(
+            "glance_cache_state_timestamp_seconds",
+            "Unix time of the last cache-state refresh (successful or not).",
+            value=served.attempted_at,
+        )
+        s = served.state
+        if s is None:
+            return
+        yield GaugeMetricFamily(
+            "glance_cache_state_refresh_duration_seconds",
+            "Seconds the last successful cache-state refresh took.",
+            value=s.duration,
+        )
+        yield from self._state_families(s, served.hits_total, note)
+
+    @staticmethod
+    def _state_families(s: CacheState, hits_total: int, note: str) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"glance_cache_{name}", doc + note, value=value)
+
+        yield gauge(
+            "size_bytes", "Bytes of image files in the cache (as Glance counts).", s.size_bytes
+        )
+        yield gauge("max_size_bytes", "Configured image_cache_max_size in bytes.", s.max_size_bytes)
+        images = GaugeMetricFamily(
+            "glance_cache_images", "Image files in the cache by state." + note, labels=["state"]
+        )
+        images.add_metric(["cached"], s.cached_images)
+        images.add_metric(["incomplete"], s.incomplete_images)
+        images.add_metric(["invalid"], s.invalid_images)
+        yield images
+        yield gauge("queued_images", "Images queued for caching.", s.queued_images)
+        if s.queue_oldest_timestamp is not None:
+            yield gauge(
+                "queue_oldest_timestamp_seconds",
+                "Unix time the oldest queue entry was queued; absent when the queue is empty.",
+                s.queue_oldest_timestamp,
+            )
+        yield gauge("orphan_files", "Image files without a database row.", s.orphan_files)
+        yield gauge("phantom_rows", "Database rows without an image file.", s.phantom_rows)
+        yield gauge("untracked_bytes", "Bytes of image files without a row.", s.untracked_bytes)
+        yield gauge(
+            "filesystem_free_bytes",
+            "Bytes available to unprivileged users on the cache's filesystem.",
+            s.filesystem_free_bytes,
+        )
+        yield CounterMetricFamily(
+            "glance_cache_hits",
+            "Cache hits; never decreases while the agent runs, also across evictions." + note,
+            value=hits_total,
+        )
+        yield gauge(
+            "images_omitted",
+            "Cached images without per-image series (beyond metrics.per_image_limit).",
+            s.images_omitted,
+        )
+        if not s.top_images:
+            return
+        hits = CounterMetricFamily(
+            "glance_cache_image_hits",
+            "Cache hits of the images with the most hits (metrics.per_image_limit)." + note,
+            labels=["image_id"],
+        )
+        sizes = GaugeMetricFamily(
+            "glance_cache_image_size_bytes",
+            "File size of the images with the most hits (metrics.per_image_limit)." + note,
+            labels=["image_id"],
+        )
+        for image in s.top_images:
+            hits.add_metric([image.image_id], image.hits)
+            sizes.add_metric([image.image_id], image.size_bytes)
+        yield hits
+        yield sizes
+
+
+class AgentMetrics(Collector):
+    """The agent's own activity, instrumented directly (thread-safe).
+
+    Every ``task_*`` series exists from construction for each task named,
+    at 0 until that task's first run (``task_last_success_timestamp_seconds``
+    too, as DESIGN section 4 fixes).
+    """
+
+    def __init__(self, tasks: Iterable[str], version: str = __version__) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self._lock = threading.Lock()
+        self._hits_removed = 0
+        self._last_errors: dict[str, str] = {}
+        self.runs = Counter("glance_cache_task_runs", "Task runs.", ["task"], registry=None)
+        self.failures = Counter(
+            "glance_cache_task_failures", "Task runs that failed.", ["task"], registry=None
+        )
+        self.missed = Counter(
+            "glance_cache_task_missed",
+            "Scheduled runs skipped (misfired, or the previous run still running).",
+            ["task"],
+            registry=None,
+        )
+        self.duration = Gauge(
+            "glance_cache_task_duration_seconds",
+            "Duration of the task's last run; 0 before its first.",
+            ["task"],
+            registry=None,
+        )
+        self.last_success = Gauge(
+            "glance_cache_task_last_success_timestamp_seconds",
+            "Unix time the task last succeeded; 0 before its first success.",
+            ["task"],
+            registry=None,
+        )
+        self.pruned_images = Counter(
+            "glance_cache_pruned_images", "Images evicted by prune.", registry=None
+        )
+        self.pruned_bytes = Counter(
+            "glance_cache_pruned_bytes", "Bytes evicted by prune.", registry=None
+        )
+        self.removed_files = Counter(
+            "glance_cache_removed_files",
+            "Files the agent removed, by reason (invalid, stalled, orphan, pruned).",
+            ["reason"],
+            registry=None,
+        )
+        self.build = Info("glance_cache_build", "Agent build information.", registry=None)
+        self.build.info({"version": version})
+        for task in tasks:
+            self.ensure_task(task)
+        for reason in REMOVAL_REASONS:
+            self.removed_files.labels(reason)
+
+    def _metrics(self) -> tuple[Counter | Gauge | Info, ...]:
+        return (
+            self.runs,
+            self.failures,
+            self.missed,
+            self.duration,
+            self.last_success,
+            self.pruned_images,
+            self.pruned_bytes,
+            self.removed_files,
+            self.build,
+        )
+
+    def ensure_task(self, task: str) -> None:
+        """Create the task's series at 0 (idempotent)."""
+        for metric in (self.runs, self.failures, self.missed, self.duration, self.last_success):
+            metric.labels(task)
+
+    def observe_task(
+        self,
+        task: str,
+        trigger: str,
+        duration: float,
+        outcome: TaskResult | BaseException,
+    ) -> None:
+        """Record one finished run: its result, or the exception it raised.
+
+        ``trigger`` (``scheduled`` or ``adhoc``) is not a label: DESIGN fixes
+        ``task_runs_total{task}``. A dry run counts as a run, never as removals.
+        """
+        with self._lock:
+            self.runs.labels(task).inc()
+            self.duration.labels(task).set(duration)
+            if isinstance(outcome, BaseException):
+                self.failures.labels(task).inc()
+                self._last_errors[task] = f"{type(outcome).__name__}: {outcome}"
+                return
+            self._last_errors.pop(task, None)
+            self.last_success.labels(task).set(time.time())
+            if not outcome.dry_run:
+                self._count_removals(outcome)
+
+    def _count_removals(self, outcome: TaskResult) -> None:
+        removed = self.removed_files
+        if isinstance(outcome, CleanResult):
+            removed.labels("invalid").inc(outcome.invalid_removed)
+            removed.labels("stalled").inc(outcome.stalled_removed)
+        elif isinstance(outcome, PruneResult):
+            removed.labels("pruned").inc(outcome.pruned_images)
+            self.pruned_images.inc(outcome.pruned_images)
+            self.pruned_bytes.inc(outcome.pruned_bytes)
+            self._hits_removed += outcome.hits_evicted
+        else:
+            removed.labels("orphan").inc(outcome.orphans_removed)
+
+    def observe_missed(self, task: str) -> None:
+        """A scheduled run did not happen (misfire, or max_instances reached)."""
+        self.missed.labels(task).inc()
+
+    def hits_removed(self) -> int:
+        """Hits of every image the agent evicted so far (for ``hits_total``)."""
+        with self._lock:
+            return self._hits_removed
+
+    def failed_tasks(self) -> dict[str, str]:
+        """Tasks whose last run failed, with the error: feeds ``/healthz``."""
+        with self._lock:
+            return dict(self._last_errors)
+
+    def describe(self) -> Iterable[Metric]:
+        return [family for metric in self._metrics() for family in metric.describe()]
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            return [family for metric in self._metrics() for family in metric.collect()]
+
+
+def build_registry(
+    agent_metrics: AgentMetrics, collector: CacheStateCollector, process: bool = True
+) -> CollectorRegistry:
+    """A fresh registry (never the global one) serving both sources, plus
+    ``process_*`` metrics (CPU, memory, open files) when ``process``.
+
+    Also lets the collector count the agent's evictions in ``hits_total``.
+    """
+    collector.removed_hits = agent_metrics.hits_removed
+    registry = CollectorRegistry()
+    registry.register(agent_metrics)
+    registry.register(collector)
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+__all__ = [
+    "REMOVAL_REASONS",
+    "AgentMetrics",
+    "CacheState",
+    "CacheStateCollector",
+    "ImageStat",
+    "build_registry",
+    "compute_cache_state",
+]
