@@ -28,14 +28,14 @@ CONFIG_TEMPLATE = """\
 # for every key. Short intervals so that something happens while you watch.
 cache:
   dir: {cache_dir}
-  max_size: 40GiB
+  max_size: {max_size}GiB
   stall_time: 24h
 tasks:
   clean: {{interval: 2m, jitter: 5s}}
   prune: {{interval: 1m, jitter: 5s}}
   reconcile: {{interval: 5m, jitter: 5s}}
 prune:
-  low_watermark: 90%
+  low_watermark: 95%
 reconcile:
   orphan_grace: 10m
   orphans: adopt
@@ -100,8 +100,13 @@ def build_demo(root: Path, images: int = 300, seed: int = 7) -> Path:
 
     runtime_dir = root / "run"
     runtime_dir.mkdir(exist_ok=True)
+    total = sum(size for *_, size, _hits in rows[:-1]) + 2 * GIB
     config_path.write_text(
-        CONFIG_TEMPLATE.format(cache_dir=cache_dir.resolve(), runtime_dir=runtime_dir.resolve())
+        CONFIG_TEMPLATE.format(
+            cache_dir=cache_dir.resolve(),
+            runtime_dir=runtime_dir.resolve(),
+            max_size=max(1, int(total * 0.85 / GIB)),  # a little over the limit
+        )
     )
     return config_path
 

@@ -50,7 +50,7 @@ FORMATS = ("auto", "json", "console")
 #: APScheduler logs two INFO lines per job run ("Running job", "executed
 #: successfully"); the daemon logs its own summary line, so these loggers are
 #: raised to WARNING unless the level is DEBUG.
-_CHATTY_LOGGERS = ("apscheduler.executors",)
+_CHATTY_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler")
 
 #: marks the handler we installed, so reconfiguring replaces it (idempotency)
 _HANDLER_MARK = "_glance_cache_agent_handler"
