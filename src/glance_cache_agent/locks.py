@@ -27,7 +27,7 @@ class LockBusy(Exception):
     def __init__(self, path: str, holder_pid: int | None, waited: float) -> None:
         holder = f"pid {holder_pid}" if holder_pid else "an unknown process"
         super().__init__(
-            f"another maintenance run holds {path} ({holder}); gave up after {waited:.0f} s"
+            f"another maintenance run holds {path} ({holder}); gave up after {waited:.1f} s"
         )
         self.path = path
         self.holder_pid = holder_pid

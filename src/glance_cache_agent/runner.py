@@ -40,17 +40,23 @@ class TaskOutcome:
 
 
 def open_driver(config: Config) -> Driver:
-    """A driver on the configured cache; the directory must already exist.
+    """A driver on the configured cache; the directory and its database must
+    already exist, and the database must be readable with Glance's schema.
 
     Nothing is created here: a wrong path must fail loudly, not produce an
-    empty cache next to the real one.
+    empty cache next to the real one. Checking the database up front (one
+    cheap schema query) makes a missing or corrupt ``cache.db`` fail before
+    any lock file is created in the cache directory or the runtime dir.
     """
     directory = config.cache.dir
     if not os.path.lexists(directory):
         raise CacheDirectoryError(f"cache directory {directory} does not exist")
     if not os.path.isdir(directory):
         raise CacheDirectoryError(f"cache directory {directory} is not a directory")
-    return Driver(config.cache_settings())
+    driver = Driver(config.cache_settings())
+    with driver.db.connect() as conn:
+        driver.db.check_schema(conn)
+    return driver
 
 
 def run_task(
