@@ -424,6 +424,8 @@ def test_reconcile_dry_run_then_real(cache: Cache) -> None:
         "phantom rows: remove 1",
         "sizes: fix 1",
         "queue entries of cached images: remove 1",
+        "  orphan orphan: adopt",
+        "  phantom row phantom: remove",
     ]
     after = rows(cache.driver)
     assert set(after) == {"a", "b", "c", "orphan"}

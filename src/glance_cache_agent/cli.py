@@ -383,12 +383,8 @@ def _render_result(task: str, d: dict[str, Any]) -> str:
             f"sizes: {verb}fix {d['sizes_fixed']}",
             f"queue entries of cached images: {verb}remove {d['queue_entries_removed']}",
         ]
-        action = {"adopt": "adopt", "delete": "remove", "report": "report"}
-        mode = next(
-            (k for k, key in (("adopt", "orphans_adopted"), ("delete", "orphans_removed")) if d[key]),
-            "report",
-        )
-        lines += [f"  orphan {image_id}: {verb}{action[mode]}" for image_id in d["orphans"]]
+        action = {"adopt": "adopt", "delete": "remove", "report": "report"}[d["orphan_policy"]]
+        lines += [f"  orphan {image_id}: {verb}{action}" for image_id in d["orphans"]]
         lines += [f"  phantom row {image_id}: {verb}remove" for image_id in d["phantoms"]]
     lines += [f"error: {e}" for e in d.get("errors", [])]
     return "\n".join(lines)

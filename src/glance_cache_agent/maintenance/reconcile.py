@@ -59,6 +59,7 @@ class ReconcilePlan:
             phantoms_removed=len(self.phantoms),
             sizes_fixed=len(self.sizes),
             queue_entries_removed=len(self.stale_queue),
+            orphan_policy=mode.value,
             orphans=[i.name for i in self.orphans],
             phantoms=list(self.phantoms),
         )
@@ -99,6 +100,7 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
     result = ReconcileResult(
         dry_run=False,
         orphans_in_grace=len(plan.orphans_in_grace),
+        orphan_policy=plan.policy.orphans.value,
         orphans=[i.name for i in plan.orphans],
     )
     mode = plan.policy.orphans

@@ -106,6 +106,8 @@ class ReconcileResult(_Result):
     phantoms_removed: int = 0
     sizes_fixed: int = 0
     queue_entries_removed: int = 0
+    #: what was done with orphans past their grace: adopt, delete or report
+    orphan_policy: str = "adopt"
     orphans: list[str] = field(default_factory=list)
     phantoms: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
