@@ -511,7 +511,7 @@ def _cron(value: Any) -> str | None:
     text = _text(value)
     # The scheduler's own parser, so that what is accepted is what runs; imported
     # here so that only configs with a cron pay for APScheduler's import.
-    from .scheduler import TaskSchedule, build_trigger
+    from .scheduler import build_trigger
 
     try:
         build_trigger(TaskSchedule("cron", cron=text))
@@ -596,6 +596,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "runtime_dir": _Key(_absolute_path()),
         "lock_timeout": _Key(_duration(), "duration"),
         "glance_lock_timeout": _Key(_duration(), "duration"),
+        "first_run_delay": _Key(_duration(), "duration"),
     },
 }
 

@@ -132,6 +132,8 @@ class AgentConfig:
     lock_timeout: float = 60.0
     #: how long a task may wait for Glance's own prune/clean lock
     glance_lock_timeout: float = 60.0
+    #: the daemon runs every enabled task this long after start-up (then on schedule)
+    first_run_delay: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__
 from .config import ConfigError, load_config
 from .config_model import Config
-from .http import MetricsServer
+from .http import MetricsServer, MetricsServerError
 from .logging import configure_logging, get_logger
 from .metrics import AgentMetrics, CacheStateCollector, build_registry
 from .runner import TaskOutcome, open_driver, run_task, summary_fields
@@ -44,14 +44,25 @@ class Health:
 
     scheduler_alive: bool = False
     last_error: dict[str, str] = field(default_factory=dict)
+    #: the scheduled tasks; None: all. A run of any other task is not recorded.
+    tasks: frozenset[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, task: str, outcome: object) -> None:
         with self.lock:
+            if self.tasks is not None and task not in self.tasks:
+                return  # disabled by a reload while it ran
             if isinstance(outcome, BaseException):
                 self.last_error[task] = f"{type(outcome).__name__}: {outcome}"
             else:
                 self.last_error.pop(task, None)
+
+    def set_tasks(self, tasks: list[str]) -> None:
+        """Follow a reload: the failures of tasks no longer scheduled are dropped."""
+        with self.lock:
+            self.tasks = frozenset(tasks)
+            for task in set(self.last_error) - self.tasks:
+                del self.last_error[task]
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         with self.lock:
@@ -69,6 +80,10 @@ class Health:
         return not reasons, body
 
 
+def _enabled(config: Config) -> list[str]:
+    return [name for name, schedule in config.tasks.items() if schedule.enabled]
+
+
 class Agent:
     """The daemon's moving parts and the supervisor loop that drives them."""
 
@@ -79,8 +94,8 @@ class Agent:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.notifier = Notifier()
-        self.health = Health()
-        tasks = [name for name, t in config.tasks.items() if t.enabled]
+        tasks = _enabled(config)
+        self.health = Health(tasks=frozenset(tasks))
         self.metrics = AgentMetrics(tasks=tasks, version=__version__)
         self.collector = CacheStateCollector(
             driver_factory=lambda: open_driver(self.config),
@@ -93,6 +108,7 @@ class Agent:
             config.tasks,
             run=self._run,
             on_result=self._on_result,
+            first_run_delay=config.agent.first_run_delay,
             on_skipped=lambda task, _reason: self.metrics.observe_missed(task),
         )
 
@@ -158,9 +174,21 @@ class Agent:
             self.notifier.ready(status="reload refused: invalid configuration")
             return
         old = self.config
+        enabled = _enabled(new)
+        for name in enabled:  # a task enabled by the reload exports its series at once
+            self.metrics.ensure_task(name)
+        # before rescheduling, so that a newly enabled task's first run counts
+        self.health.set_tasks(enabled)
+        try:
+            # before anything else changes: it changes nothing when a schedule cannot fire
+            self.scheduler.reschedule(new.tasks)
+        except ValueError as exc:
+            self.health.set_tasks(_enabled(old))
+            LOG.error("reload refused: the new schedule is invalid", error=str(exc))
+            self.notifier.ready(status="reload refused: invalid schedule")
+            return
         self.config = new
         configure_logging(new.logging.level, self.log_format or new.logging.format, sys.stdout)
-        self.scheduler.reschedule(new.tasks)
         if new.metrics != old.metrics:
             LOG.warning("metrics settings changed; they take effect at the next restart")
         self.collector.mark_stale()
@@ -216,6 +244,6 @@ def run_daemon(config: Config, config_path: str | None, log_format: str | None) 
     agent.install_signal_handlers()
     try:
         return agent.serve()
-    except OSError as exc:
+    except (OSError, MetricsServerError) as exc:
         LOG.error("cannot start", error=str(exc))
         return 1
