@@ -590,3 +590,18 @@ def test_scrape_cost_does_not_depend_on_the_number_of_images() -> None:
         collector.refresh()
         counts.append(sum(len(f.samples) for f in collector.collect()))
     assert counts[0] == counts[1] < 120
+
+
+def test_a_run_with_file_errors_counts_its_removals_but_is_a_failure(agent: AgentMetrics) -> None:
+    """What was removed was removed; what could not be handled makes the run fail."""
+    registry = CollectorRegistry()
+    registry.register(agent)
+    result = CleanResult(dry_run=False, invalid_removed=2, errors=["/c/invalid/x: I/O error"])
+
+    agent.observe_task("clean", "scheduled", 0.5, result)
+
+    samples = scrape(registry)
+    assert value(samples, "glance_cache_removed_files_total", reason="invalid") == 2
+    assert value(samples, "glance_cache_task_failures_total", task="clean") == 1
+    assert value(samples, "glance_cache_task_last_success_timestamp_seconds", task="clean") == 0
+    assert "I/O error" in agent.failed_tasks()["clean"]

@@ -38,6 +38,21 @@ LOG = get_logger("glance_cache_agent.daemon")
 TICK = 1.0
 
 
+def run_problem(outcome: object) -> str | None:
+    """Why a finished run counts as failed, or None when it succeeded.
+
+    A run that raised failed; so did one that finished but could not remove
+    some files (its result lists them): the CLI exits 1 for it, and the
+    daemon reports it the same way, in ``/healthz`` and the failure counter.
+    """
+    if isinstance(outcome, BaseException):
+        return f"{type(outcome).__name__}: {outcome}"
+    errors = outcome.result.errors if isinstance(outcome, TaskOutcome) else []
+    if errors:
+        return f"{len(errors)} file operation(s) failed, first: {errors[0]}"
+    return None
+
+
 @dataclass
 class Health:
     """What ``/healthz`` reports: the scheduler's liveness and each task's last run."""
@@ -52,8 +67,9 @@ class Health:
         with self.lock:
             if self.tasks is not None and task not in self.tasks:
                 return  # disabled by a reload while it ran
-            if isinstance(outcome, BaseException):
-                self.last_error[task] = f"{type(outcome).__name__}: {outcome}"
+            problem = run_problem(outcome)
+            if problem is not None:
+                self.last_error[task] = problem
             else:
                 self.last_error.pop(task, None)
 

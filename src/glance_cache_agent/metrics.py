@@ -353,10 +353,15 @@ class AgentMetrics(Collector):
                 self.failures.labels(task).inc()
                 self._last_errors[task] = f"{type(outcome).__name__}: {outcome}"
                 return
+            if not outcome.dry_run:
+                self._count_removals(outcome)  # what was removed was removed
+            if outcome.errors:
+                # finished, but some files could not be handled: not a success
+                self.failures.labels(task).inc()
+                self._last_errors[task] = f"{len(outcome.errors)} failed: {outcome.errors[0]}"
+                return
             self._last_errors.pop(task, None)
             self.last_success.labels(task).set(time.time())
-            if not outcome.dry_run:
-                self._count_removals(outcome)
 
     def _count_removals(self, outcome: TaskResult) -> None:
         removed = self.removed_files
