@@ -42,8 +42,12 @@ endif
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# BENCH_ARGS goes to bench_driver.py; AGENT_BENCH_ARGS to bench_agent.py (scrape cost, CLI start-up).
+AGENT_BENCH_ARGS ?=
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_driver.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_agent.py $(AGENT_BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML

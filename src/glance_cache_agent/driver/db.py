@@ -66,7 +66,8 @@ class Database:
         if not create and not os.path.exists(self.path):
             raise DatabaseMissing(
                 self.path,
-                "database does not exist (run 'initialize_db' or let glance-api create it)",
+                "database does not exist: glance-api creates it when its image cache is"
+                " enabled with the sqlite driver (image_cache_driver = sqlite)",
             )
         mode = "rwc" if create else "rw"
         uri = f"file:{quote(self.path)}?mode={mode}"
