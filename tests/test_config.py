@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -1126,3 +1128,30 @@ def test_cron_macros_and_sunday_as_seven_are_accepted_as_the_scheduler_runs_them
     )
     assert config.tasks["clean"].cron == "@daily"
     assert config.tasks["prune"].cron == "0 3 * * 7"
+
+
+def test_commands_that_do_not_schedule_skip_parsing_cron_but_still_check_its_shape() -> None:
+    text = "tasks:\n  prune:\n    cron: '61 * * * *'\n"
+    assert parse_config_text(text, check_schedules=False).tasks["prune"].cron == "61 * * * *"
+    with pytest.raises(ConfigError, match="61"):
+        parse_config_text(text)
+    with pytest.raises(ConfigError, match="expected five fields"):
+        parse_config_text("tasks:\n  prune:\n    cron: '* *'\n", check_schedules=False)
+
+
+def test_a_maintenance_command_does_not_import_apscheduler(tmp_path: Path) -> None:
+    """Quick commands stay quick: a cron schedule costs them no APScheduler import."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tasks:\n  clean:\n    cron: '1 0 * * *'\n")
+
+    def imports_apscheduler(*argv: str) -> bool:
+        probe = (
+            "import sys\nfrom glance_cache_agent.cli import main\n"
+            f"main({['-c', str(cfg), *argv]!r})\n"
+            "print('apscheduler' in sys.modules)\n"
+        )
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        return run.stdout.strip().splitlines()[-1] == "True"
+
+    assert imports_apscheduler("check-config")  # validates the schedule for real
+    assert not imports_apscheduler("list-queued")  # fails on the missing cache, unhurried

@@ -108,7 +108,8 @@ def _load(args: argparse.Namespace, explicit_path: str | None = None) -> Any:
     from .config import load_config, resolve_config_path
 
     path, _explicit = resolve_config_path(explicit_path or args.config, os.environ)
-    return load_config(path)
+    # only the commands that schedule need cron expressions parsed by APScheduler
+    return load_config(path, check_schedules=args.command in ("run", "check-config"))
 
 
 def _setup_logging(args: argparse.Namespace, config: Any | None) -> None:

@@ -504,21 +504,43 @@ def _listen(value: Any) -> tuple[str, int]:
     return host, int(port_text)
 
 
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?#-]+")
+
+
 def _cron(value: Any) -> str | None:
-    """A five-field crontab expression, checked by APScheduler itself (null: none)."""
+    """A five-field crontab expression or a macro such as ``@daily`` (null: none).
+
+    Only the shape is checked here; ``_check_schedules`` asks the scheduler's
+    own parser (which imports APScheduler, so only commands that schedule
+    pay for it).
+    """
     if value is None:
         return None
     text = _text(value)
-    # The scheduler's own parser, so that what is accepted is what runs; imported
-    # here so that only configs with a cron pay for APScheduler's import.
+    fields = text.split()
+    macro = len(fields) == 1 and fields[0].startswith("@")
+    if not macro and (len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields)):
+        raise ValueError(
+            f"invalid crontab expression {text!r}: expected five fields"
+            " (minute hour day-of-month month day-of-week) or a macro such as @daily"
+        )
+    return text
+
+
+def _check_schedules(values: Mapping[str, _Value]) -> None:
+    """Every cron expression parses as the scheduler will run it (else the
+    error names its line)."""
     from .scheduler import build_trigger
 
-    try:
-        build_trigger(TaskSchedule("cron", cron=text))
-    except ValueError as exc:
-        reason = str(exc).removeprefix(f"cron {text!r}: ")
-        raise ValueError(f"invalid crontab expression {text!r}: {reason}") from None
-    return text
+    for name in TASK_NAMES:
+        entry = values.get(f"tasks.{name}.cron")
+        if entry is None or entry.value is None:
+            continue
+        try:
+            build_trigger(TaskSchedule(name, cron=entry.value))
+        except ValueError as exc:
+            reason = str(exc).removeprefix(f"cron {entry.value!r}: ")
+            raise entry.error(f"invalid crontab expression {entry.value!r}: {reason}") from None
 
 
 def _orphan_policy(value: Any) -> OrphanPolicy:
@@ -1117,11 +1139,18 @@ def _glance_file_errors(values: dict[str, _Value]) -> None:
             raise files.error(f"cannot read Glance config {path}: {reason}", item=index)
 
 
-def parse_config_text(text: str, path: str | None = None) -> Config:
-    """Parse and validate YAML ``text``; ``path`` only labels errors and sources."""
+def parse_config_text(text: str, path: str | None = None, check_schedules: bool = True) -> Config:
+    """Parse and validate YAML ``text``; ``path`` only labels errors and sources.
+
+    ``check_schedules`` False skips parsing cron expressions with the
+    scheduler (their shape is still checked): for commands that never
+    schedule, it saves importing APScheduler.
+    """
     reader = _Reader(path)
     reader.read_document(_compose(text, path))
     values = reader.values
+    if check_schedules:
+        _check_schedules(values)
     if "cache.glance_config" in values:
         values["cache.glance_config"] = _resolve_glance_paths(values["cache.glance_config"], path)
         _glance_file_errors(values)
@@ -1131,8 +1160,11 @@ def parse_config_text(text: str, path: str | None = None) -> Config:
     return _build(path, values)
 
 
-def load_config(path: str | None) -> Config:
-    """Load ``path``; None means the built-in defaults (no file at all)."""
+def load_config(path: str | None, check_schedules: bool = True) -> Config:
+    """Load ``path``; None means the built-in defaults (no file at all).
+
+    See ``parse_config_text`` for ``check_schedules``.
+    """
     if path is None:
         return _build(None, {})
     try:
@@ -1145,7 +1177,7 @@ def load_config(path: str | None) -> Config:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("config file is not valid UTF-8", path=path, line=line) from None
-    return parse_config_text(text, path)
+    return parse_config_text(text, path, check_schedules)
 
 
 def resolve_config_path(
