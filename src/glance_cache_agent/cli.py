@@ -159,27 +159,27 @@ def _maintenance(args: argparse.Namespace, config: Any, task: str, **overrides: 
     return EXIT_OK if not document.get("errors") else EXIT_FAILED
 
 
-def cmd_clean(args: argparse.Namespace, config: Any) -> int:
-    stall_time = None
-    if args.stall_time is not None:
-        from .config import parse_duration
+def _option(value: str | None, parse: Callable[[str], Any], flag: str) -> Any:
+    """Parse an optional flag's value with ``config``'s unit parsers (exit 2 if bad)."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
-        try:
-            stall_time = parse_duration(args.stall_time)
-        except ValueError as exc:
-            raise UsageError(f"--stall-time: {exc}") from None
+
+def cmd_clean(args: argparse.Namespace, config: Any) -> int:
+    from .config import parse_duration
+
+    stall_time = _option(args.stall_time, parse_duration, "--stall-time")
     return _maintenance(args, config, "clean", stall_time=stall_time)
 
 
 def cmd_prune(args: argparse.Namespace, config: Any) -> int:
-    max_size = None
-    if args.max_size is not None:
-        from .config import parse_size
+    from .config import parse_size
 
-        try:
-            max_size = parse_size(args.max_size)
-        except ValueError as exc:
-            raise UsageError(f"--max-size: {exc}") from None
+    max_size = _option(args.max_size, parse_size, "--max-size")
     return _maintenance(args, config, "prune", max_size=max_size)
 
 
