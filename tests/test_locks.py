@@ -89,3 +89,21 @@ def test_creates_the_runtime_dir(tmp_path: Path) -> None:
     runtime = tmp_path / "run" / "agent"
     with maintenance_lock(str(runtime), timeout=0):
         assert (runtime / LOCK_NAME).is_file()
+
+
+def test_a_stop_request_ends_an_unbounded_wait(tmp_path: Path) -> None:
+    """The daemon waits for the lock without a limit, but never past a SIGTERM."""
+    holder = _hold(tmp_path)
+    try:
+        asked: list[int] = []
+
+        def stop() -> bool:
+            asked.append(1)
+            return len(asked) >= 3
+
+        with pytest.raises(LockBusy) as info, maintenance_lock(str(tmp_path), None, stop):
+            pytest.fail("the lock must not be granted while another process holds it")
+        assert info.value.holder_pid == holder.pid
+        assert len(asked) == 3
+    finally:
+        holder.communicate("")

@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 LOCK_NAME = "maintenance.lock"
 POLL_INTERVAL = 0.1
@@ -42,11 +42,14 @@ def _read_pid(fd: int) -> int | None:
 
 
 @contextlib.contextmanager
-def maintenance_lock(runtime_dir: str, timeout: float | None) -> Iterator[str]:
+def maintenance_lock(
+    runtime_dir: str, timeout: float | None, stop: Callable[[], bool] | None = None
+) -> Iterator[str]:
     """Hold the exclusive maintenance lock for the body; yield its path.
 
     ``timeout`` None waits for as long as it takes; 0 tries once. Raises
-    LockBusy naming the holder's pid when the wait runs out.
+    LockBusy naming the holder's pid when the wait runs out, or as soon as
+    ``stop`` answers True (the daemon is shutting down: never wait forever).
     """
     os.makedirs(runtime_dir, exist_ok=True)
     path = os.path.join(runtime_dir, LOCK_NAME)
@@ -61,7 +64,7 @@ def maintenance_lock(runtime_dir: str, timeout: float | None) -> Iterator[str]:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
             waited = time.monotonic() - started
-            if timeout is not None and waited >= timeout:
+            if (timeout is not None and waited >= timeout) or (stop is not None and stop()):
                 raise LockBusy(path, _read_pid(fd), waited)
             time.sleep(POLL_INTERVAL)
         os.ftruncate(fd, 0)

@@ -88,7 +88,7 @@ def run_task(
     if dry_run:
         result = _dispatch(config, driver, task, True, max_size, stall_time, pause, stop)
     else:
-        with maintenance_lock(config.agent.runtime_dir, lock_wait):
+        with maintenance_lock(config.agent.runtime_dir, lock_wait, stop):
             result = _dispatch(config, driver, task, False, max_size, stall_time, pause, stop)
     return TaskOutcome(task, trigger, time.monotonic() - started, result)
 
