@@ -150,6 +150,7 @@ class Agent:
     ) -> None:
         """Feed metrics and health and log one summary line (never blocks)."""
         self.health.record(task, outcome)
+        self.collector.mark_stale()  # the next scrape measures what the run left behind
         if isinstance(outcome, BaseException):
             self.metrics.observe_task(task, trigger, duration, outcome)
             LOG.error(
@@ -163,8 +164,10 @@ class Agent:
             return
         assert isinstance(outcome, TaskOutcome)
         self.metrics.observe_task(task, trigger, duration, outcome.result)
-        self.collector.mark_stale()
-        LOG.info("task finished", **summary_fields(outcome))
+        if outcome.result.errors:
+            LOG.warning("task finished with errors", **summary_fields(outcome))
+        else:
+            LOG.info("task finished", **summary_fields(outcome))
 
     # ------------------------------------------------------------ signals
 
