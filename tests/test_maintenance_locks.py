@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from glance_cache_agent.driver import Driver, LockTimeout
+from glance_cache_agent.driver import Driver, LockTimeout, external_lock
 from glance_cache_agent.maintenance import (
     CleanPolicy,
     PrunePolicy,
@@ -313,3 +313,24 @@ def test_lock_path_setting_is_honoured(
     assert (lock_dir / lock_name).exists()
     assert lock_is_held(Path(driver.base_dir, lock_name))  # still held by the other process
     in_cache_dir.release()
+
+
+def test_a_lock_file_created_as_root_belongs_to_the_lock_dirs_owner(tmp_path: Path) -> None:
+    """glance-api (the cache owner) must be able to open a lock file we created.
+
+    CI runs as root, which is exactly the case: the file would otherwise be
+    root's, mode 0644, and Glance's own prune/clean lock could not open it.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("only root creates files for other users")
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    os.chown(lock_dir, 65534, 65534)
+    with external_lock(str(lock_dir), "glance-cache-prune", timeout=0):
+        pass
+    st = (lock_dir / "glance-cache-prune").stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    os.chown(lock_dir / "glance-cache-prune", 0, 0)  # an existing file is left as it is
+    with external_lock(str(lock_dir), "glance-cache-prune", timeout=0):
+        pass
+    assert (lock_dir / "glance-cache-prune").stat().st_uid == 0

@@ -39,6 +39,25 @@ class LockTimeout(DriverError):
         self.waited = waited
 
 
+def _open_lock_file(lock_path: str, path: str) -> int:
+    """Open (creating if needed) the lock file for appending, as oslo does.
+
+    A lock file we create as root is handed to the owner of ``lock_path``:
+    glance-api runs as that user and must be able to open it too, or its
+    own prune/clean API would fail on our root-owned file.
+    """
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if os.geteuid() == 0:
+        owner = os.stat(lock_path)
+        if (owner.st_uid, owner.st_gid) != (0, 0):
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    return fd
+
+
 def _thread_lock(path: str) -> threading.Lock:
     with _registry_guard:
         return _thread_locks.setdefault(path, threading.Lock())
@@ -57,7 +76,7 @@ def external_lock(lock_path: str, name: str, timeout: float | None = None) -> It
     if not guard.acquire(timeout=-1 if timeout is None else timeout):
         raise LockTimeout(path, time.monotonic() - started)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = _open_lock_file(lock_path, path)
         try:
             while True:
                 try:
