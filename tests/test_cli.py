@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -577,3 +578,36 @@ def test_glance_prune_lock_held_by_another_process(cache: Cache) -> None:
     assert dry.stdout.splitlines()[0].startswith("Would evict 1 images (1.0 KiB)")
     assert dry.stdout.splitlines()[1:] == ["  a"]
     assert full_state(cache.driver) == before
+
+
+def test_sigterm_ends_an_adhoc_prune_at_a_safe_point(cache: Cache) -> None:
+    """``systemctl stop glance-cache-agent-run@prune`` sends SIGTERM: the run ends
+    between two batches, reports ``stopped``, and leaves no row without its file."""
+    _three_images(cache)
+    slow = cache.config.read_text().replace("batch_pause: 0s", "batch_pause: 30s")
+    slow = slow.replace("prune:\n", "prune:\n  batch_size: 1\n", 1)
+    cache.config.write_text(slow)
+    argv = [sys.executable, "-m", "glance_cache_agent.cli", "-c", str(cache.config)]
+    proc = subprocess.Popen(
+        [*argv, "prune", "--max-size", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while cache.path("a").exists():  # the first batch is done: now in its 30 s pause
+            assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["stopped_by"] == "stopped"
+    assert result["images"] == ["a"]
+    assert cache.path("b").exists() and cache.path("c").exists()
+    assert set(rows(cache.driver)) == {"b", "c"}

@@ -148,10 +148,26 @@ def cmd_run(args: argparse.Namespace, config: Any) -> int:
 
 
 def _maintenance(args: argparse.Namespace, config: Any, task: str, **overrides: Any) -> int:
+    import signal
+    import threading
+
     from .runner import run_task
 
+    # SIGTERM (systemctl stop of a oneshot) ends the run at a safe point, as in the daemon
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+
+    def pause(seconds: float) -> None:
+        stop.wait(seconds)
+
     outcome = run_task(
-        config, task, dry_run=args.dry_run, lock_wait=config.agent.lock_timeout, **overrides
+        config,
+        task,
+        dry_run=args.dry_run,
+        lock_wait=config.agent.lock_timeout,
+        pause=pause,
+        stop=stop.is_set,
+        **overrides,
     )
     _log_summary(outcome)
     document = outcome.result.to_dict()
