@@ -605,3 +605,15 @@ def test_a_run_with_file_errors_counts_its_removals_but_is_a_failure(agent: Agen
     assert value(samples, "glance_cache_task_failures_total", task="clean") == 1
     assert value(samples, "glance_cache_task_last_success_timestamp_seconds", task="clean") == 0
     assert "I/O error" in agent.failed_tasks()["clean"]
+
+
+def test_task_interval_series_follow_the_schedule(agent: AgentMetrics) -> None:
+    registry = CollectorRegistry()
+    registry.register(agent)
+    agent.set_intervals({"clean": 3660.0, "prune": 1860.0})
+    samples = scrape(registry)
+    assert value(samples, "glance_cache_task_interval_seconds", task="prune") == 1860.0
+    agent.set_intervals({"clean": 3660.0})  # prune disabled by a reload
+    samples = scrape(registry)
+    assert ("glance_cache_task_interval_seconds", (("task", "prune"),)) not in samples
+    assert value(samples, "glance_cache_task_interval_seconds", task="clean") == 3660.0

@@ -30,6 +30,7 @@ from glance_cache_agent.scheduler import (
     RunRecord,
     TaskScheduler,
     build_trigger,
+    expected_gap,
     next_fire_times,
 )
 
@@ -468,3 +469,13 @@ def test_shutdown_with_timeout_reports_a_task_still_running() -> None:
     assert not scheduler.is_alive()
     release.set()
     assert scheduler.shutdown(timeout=WAIT) is True
+
+
+def test_expected_gap_of_intervals_and_crons() -> None:
+    """The stale-task alert's yardstick: interval + jitter, or the widest cron gap."""
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)  # a Thursday
+    assert expected_gap(TaskSchedule("prune", interval=1800.0, jitter=60.0), now) == 1860.0
+    daily = TaskSchedule("clean", cron="1 0 * * *", jitter=30.0)
+    assert expected_gap(daily, now) == 86400.0 + 30.0
+    weekdays = TaskSchedule("reconcile", cron="0 3 * * 1-5")
+    assert expected_gap(weekdays, now) == 3 * 86400.0  # Friday 03:00 to Monday 03:00

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -29,7 +29,7 @@ from .http import MetricsServer, MetricsServerError
 from .logging import configure_logging, get_logger
 from .metrics import AgentMetrics, CacheStateCollector, build_registry
 from .runner import TaskOutcome, open_driver, run_task, summary_fields
-from .scheduler import TaskScheduler
+from .scheduler import TaskScheduler, expected_gap
 from .systemd import Notifier
 
 LOG = get_logger("glance_cache_agent.daemon")
@@ -207,6 +207,7 @@ class Agent:
             self.notifier.ready(status="reload refused: invalid schedule")
             return
         self.config = new
+        self._publish_intervals()
         configure_logging(new.logging.level, self.log_format or new.logging.format, sys.stdout)
         if new.metrics != old.metrics:
             LOG.warning("metrics settings changed; they take effect at the next restart")
@@ -219,11 +220,18 @@ class Agent:
     def _status_text(self) -> str:
         return self.scheduler.status_text()
 
+    def _publish_intervals(self) -> None:
+        now = datetime.now(UTC)
+        self.metrics.set_intervals(
+            {name: expected_gap(s, now) for name, s in self.config.tasks.items() if s.enabled}
+        )
+
     def serve(self) -> int:
         """Start everything, supervise until asked to stop, then stop cleanly."""
         self.collector.refresh()
         self.server.start()
         self.scheduler.start()
+        self._publish_intervals()
         self.health.scheduler_alive = True
         LOG.info(
             "agent started",

@@ -275,6 +275,7 @@ class AgentMetrics(Collector):
         self._lock = threading.Lock()
         self._hits_removed = 0
         self._last_errors: dict[str, str] = {}
+        self._interval_tasks: set[str] = set()
         self.runs = Counter("glance_cache_task_runs", "Task runs.", ["task"], registry=None)
         self.failures = Counter(
             "glance_cache_task_failures", "Task runs that failed.", ["task"], registry=None
@@ -288,6 +289,13 @@ class AgentMetrics(Collector):
         self.duration = Gauge(
             "glance_cache_task_duration_seconds",
             "Duration of the task's last run; 0 before its first.",
+            ["task"],
+            registry=None,
+        )
+        self.interval = Gauge(
+            "glance_cache_task_interval_seconds",
+            "Longest expected gap between two scheduled starts of the task (interval or"
+            " widest cron gap, plus jitter); absent for tasks that are not scheduled.",
             ["task"],
             registry=None,
         )
@@ -322,12 +330,22 @@ class AgentMetrics(Collector):
             self.failures,
             self.missed,
             self.duration,
+            self.interval,
             self.last_success,
             self.pruned_images,
             self.pruned_bytes,
             self.removed_files,
             self.build,
         )
+
+    def set_intervals(self, intervals: dict[str, float]) -> None:
+        """Publish each scheduled task's expected gap; drop tasks no longer scheduled."""
+        with self._lock:
+            for task in self._interval_tasks - set(intervals):
+                self.interval.remove(task)
+            for task, seconds in intervals.items():
+                self.interval.labels(task).set(seconds)
+            self._interval_tasks = set(intervals)
 
     def ensure_task(self, task: str) -> None:
         """Create the task's series at 0 (idempotent)."""

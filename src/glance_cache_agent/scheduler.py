@@ -216,6 +216,21 @@ def next_fire_times(schedule: TaskSchedule, now: datetime, count: int) -> list[d
     return times
 
 
+def expected_gap(schedule: TaskSchedule, now: datetime, horizon: int = 64) -> float:
+    """The longest gap, in seconds, to expect between two scheduled starts.
+
+    An interval plus its jitter; for cron, the widest gap among the next
+    ``horizon`` fire times (a week-day schedule's weekend gap, say) plus
+    jitter. Alert rules use it to call a task stale.
+    """
+    if schedule.cron is None:
+        return float(schedule.interval or 0.0) + schedule.jitter
+    steady = TaskSchedule(schedule.name, cron=schedule.cron)
+    times = next_fire_times(steady, now, horizon)
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    return (max(gaps) if gaps else 0.0) + schedule.jitter
+
+
 def _next_run_after_change(
     trigger: BaseTrigger,
     now: datetime,
