@@ -622,15 +622,15 @@ def run_checks(
     )
     poll_query(
         prometheus,
-        "recorded thresholds (no glance_cache_task_interval_seconds: the defaults)",
+        "recorded thresholds: twice glance_cache_task_interval_seconds (2 s, 2 s, 3 s)",
         "glance_cache_task:stale_threshold_seconds",
         against_cache(
             by_label(
                 "task",
                 lambda _t: {
-                    "clean": equals(7200),
-                    "prune": equals(3600),
-                    "reconcile": equals(43200),
+                    "clean": equals(4),
+                    "prune": equals(4),
+                    "reconcile": equals(6),
                 },
             )
         ),
