@@ -151,6 +151,12 @@ class Driver:
             conn.execute(SCHEMA)
             self.db.check_schema(conn)
 
+    def check_writable(self) -> None:
+        """Raise the typed error if a write transaction cannot be opened now
+        (read-only or locked database) -- before anything is deleted."""
+        with self.db.writing():
+            pass
+
     def check_database(self) -> list[str]:
         """Verify schema and run ``PRAGMA quick_check``; return problems found."""
         with self.db.connect() as conn:
@@ -218,8 +224,17 @@ class Driver:
         return BaseScan(images=images, others=others)
 
     def scan_state(self, state: str) -> list[FileInfo]:
-        """Regular files with valid image-id names in a state directory."""
-        return list(self.iter_image_files(self.layout.state_dir(state)))
+        """Regular files with valid image-id names in a state directory.
+
+        A state directory replaced by a symlink is not followed (nothing is
+        listed, so clean never deletes in the link's target): Glance creates
+        these directories itself, so a link is planted, not configured.
+        """
+        directory = self.layout.state_dir(state)
+        if os.path.islink(directory):
+            LOG.warning("Ignoring '%s': it is a symlink, not a directory", directory)
+            return []
+        return list(self.iter_image_files(directory))
 
     def get_cache_files(self, basepath: str) -> Iterator[str]:
         """Yield paths of the cache's files in ``basepath``.

@@ -208,6 +208,8 @@ def execute_prune(
     result.idle_images = result.hits_evicted = 0
     deadline = None if policy.time_budget is None else time.monotonic() + policy.time_budget
     batch_size = max(1, policy.batch_size)
+    if plan.victims:
+        driver.check_writable()  # a database we cannot write: fail before unlinking anything
     for start in range(0, len(plan.victims), batch_size):
         if start and deadline is not None and time.monotonic() >= deadline:
             result.stopped_by = "time_budget"
