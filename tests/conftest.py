@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,3 +103,27 @@ def full_state(driver: Driver) -> tuple[object, ...]:
     """Files, rows and the database's bytes: equal before and after means nothing changed."""
     db_hash = hashlib.sha256(Path(driver.db_path).read_bytes()).hexdigest()
     return disk_state(driver.base_dir), rows(driver), db_hash
+
+
+#: A real process that holds a file open for writing (a live download) until its stdin closes.
+WRITER = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"w" * 4096)
+print("ready", flush=True)
+sys.stdin.read()
+os.close(fd)
+"""
+
+
+def start_writer(path: Path) -> subprocess.Popen[str]:
+    """Start a WRITER process on ``path`` and wait until it holds the file open."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc

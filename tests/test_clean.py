@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from freezegun import freeze_time
 from glance_cache_agent.driver import Driver
 from glance_cache_agent.driver.settings import DEFAULT_STALL_TIME
 from glance_cache_agent.maintenance import CleanPolicy, execute_clean, plan_clean, run_clean
-from tests.conftest import cache_image, disk_state, full_state, rows, write_file
+from tests.conftest import cache_image, disk_state, full_state, rows, start_writer, write_file
 
 DAY = 86400
 HOUR = 3600
@@ -54,15 +53,6 @@ def invalid(driver: Driver, name: str) -> Path:
 
 # --------------------------------------------------------------- writer process
 
-WRITER = r"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-os.write(fd, b"w" * 4096)
-print("ready", flush=True)
-sys.stdin.read()
-os.close(fd)
-"""
-
 
 @pytest.fixture
 def writer() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
@@ -70,15 +60,8 @@ def writer() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(path: Path) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_writer(path)
         procs.append(proc)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
         return proc
 
     yield start

@@ -53,7 +53,7 @@ from glance_cache_agent.maintenance import (
     run_reconcile,
 )
 from tests.agent_process import Agent, NotifySocket, Samples, wait_until
-from tests.conftest import cache_image, disk_state, rows, set_row, write_file
+from tests.conftest import cache_image, disk_state, rows, set_row, start_writer, write_file
 
 DAY = 86400
 HOUR = 3600
@@ -443,27 +443,12 @@ def test_prune_victims_vanishing_mid_run_do_not_extend_the_eviction(driver: Driv
 
 # --------------------------------------------------------------- clock jumps
 
-WRITER = r"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-os.write(fd, b"w" * 4096)
-print("ready", flush=True)
-sys.stdin.read()
-os.close(fd)
-"""
-
 
 @pytest.fixture
 def live_download(driver: Driver) -> Iterator[Path]:
     """A real process holding ``incomplete/img-live`` open for writing."""
     path = Path(driver.base_dir) / "incomplete" / "img-live"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc = start_writer(path)
     yield path
     assert proc.stdin is not None
     proc.stdin.close()
