@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_driver import CacheSpec, build_cache, log, remove_tree  # noqa: E402
+from bench_driver import CacheSpec, build_cache, log, print_report, remove_tree  # noqa: E402
 from bench_driver import machine_facts as driver_machine_facts  # noqa: E402
 from prometheus_client import generate_latest  # noqa: E402
 
@@ -461,16 +461,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(facts, sizes[0], sizes[1], cli)
     report.total_seconds = time.perf_counter() - started
 
-    print("\nglance-cache-agent agent benchmark")
-    print(", ".join(f"{k}: {v}" for k, v in report.facts.items()))
-    print()
-    print(render_text_table(table_rows(report)))
-    print()
-    print(render_text_table(cli_rows(report)))
-    print()
-    for note in notes(report):
-        print(f"- {note}")
-    print(f"\nTotal {report.total_seconds:.0f} s.")
+    print_report(
+        "glance-cache-agent agent benchmark",
+        report.facts,
+        [render_text_table(table_rows(report)), render_text_table(cli_rows(report))],
+        notes(report),
+        report.total_seconds,
+    )
     if not args.no_write:
         write_markdown(args.output, report)
         print(f"Wrote {args.output}")

@@ -918,6 +918,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def print_report(
+    title: str,
+    facts: dict[str, str],
+    tables: Sequence[str],
+    notes: Sequence[str],
+    total_seconds: float,
+) -> None:
+    """The terminal report both benches print: title, facts, tables, notes, time."""
+    print(f"\n{title}")
+    print(", ".join(f"{k}: {v}" for k, v in facts.items()))
+    for text in tables:
+        print()
+        print(text)
+    print()
+    for note in notes:
+        print(f"- {note}")
+    print(f"\nTotal {total_seconds:.0f} s.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``make bench``."""
     args = parse_args(argv)
@@ -928,14 +947,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(memory_child(args.child_memory, args.seed, args.tmp_dir)))
         return 0
     report = run_benchmark(args)
-    print(f"\nglance-cache-agent benchmark, N = {report.images:,}")
-    print(", ".join(f"{k}: {v}" for k, v in report.facts.items()))
-    print()
-    print(render_text_table(table_rows(report)))
-    print()
-    for note in report.notes:
-        print(f"- {note}")
-    print(f"\nTotal {report.total_seconds:.0f} s.")
+    print_report(
+        f"glance-cache-agent benchmark, N = {report.images:,}",
+        report.facts,
+        [render_text_table(table_rows(report))],
+        report.notes,
+        report.total_seconds,
+    )
     if not args.no_write:
         write_markdown(args.output, report)
         print(f"Wrote {args.output}")
