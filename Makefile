@@ -44,10 +44,13 @@ test: $(STAMP)
 
 # BENCH_ARGS goes to bench_driver.py; AGENT_BENCH_ARGS to bench_agent.py (scrape cost, CLI start-up).
 AGENT_BENCH_ARGS ?=
+# LOCK_BENCH_ARGS to bench_lock_etiquette.py (Glance's write waits beside a prune; exits 1 on a missed target).
+LOCK_BENCH_ARGS ?=
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_driver.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_agent.py $(AGENT_BENCH_ARGS)
+	$(BIN)/python bench/bench_lock_etiquette.py $(LOCK_BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML

@@ -39,6 +39,25 @@ def driver(make_driver: Callable[..., Driver]) -> Driver:
     return make_driver()
 
 
+def uid(name: str | int) -> str:
+    """The image id (a UUID) a test calls ``name``: deterministic, lowercase,
+    and in the same sort order as the names.
+
+    Glance issues only UUIDs and only UUID-named files are images, so tests
+    name images through this. The name's UTF-8 bytes, hex-encoded and padded
+    with zeros to 32 digits, are the UUID's digits: ``uid("a") < uid("b")``
+    exactly when ``"a" < "b"``, so LRU ties (broken by id) and list-cached
+    order (by id) follow the names.
+    """
+    raw = str(name).encode()
+    if not 0 < len(raw) <= 16 or b"\x00" in raw:
+        raise ValueError(f"uid() takes 1 to 16 bytes without NUL, not {name!r}")
+    digits = raw.hex().ljust(32, "0")
+    return "-".join(
+        (digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:])
+    )
+
+
 def cache_image(driver: Driver, image_id: str, size: int = 1024) -> Path:
     """Cache ``image_id`` with ``size`` bytes through the real write path."""
     with driver.open_for_write(image_id) as cache_file:

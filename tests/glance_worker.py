@@ -8,8 +8,9 @@ prove the agent running beside it does no harm.
 
 Protocol, all on stdio: after ``configure()`` the worker prints ``ready``;
 it starts its loop when it reads ``go`` on stdin and runs for
-``config["duration"]`` seconds; it writes its figures as JSON to
-``config["result"]`` and prints ``done``.
+``config["duration"]`` seconds and at least ``config["min_ops"]`` operations
+(so a slow machine does less per second, never less in all); it writes its
+figures as JSON to ``config["result"]`` and prints ``done``.
 
 The loop mixes, with a seeded RNG:
 
@@ -20,8 +21,10 @@ The loop mixes, with a seeded RNG:
   file; a commit whose rename fails with ``FileNotFoundError`` counts too.
 * **held write**: like a write, but the incomplete file's mtime is pushed back
   past the agent's ``stall_time`` and the writer keeps it open until the agent
-  has finished two clean runs (a counter file the test updates; polled with a
-  deadline). Only the "open for writing" check can save such a file.
+  has finished two clean runs (a counter file the test updates; polled, with
+  ``hold_deadline`` only as a hang guard). Only the "open for writing" check
+  can save such a file. Every ``hold_every_ops``-th operation is one, the
+  first at ``hold_first_op``: their number does not depend on the clock.
 * **read**: ``open_for_read`` of an image found in the base directory, read
   completely; the bytes read must equal the size ``fstat`` gave after the
   open and the size recorded in the image's header.
@@ -41,6 +44,7 @@ logs it).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -297,21 +301,19 @@ class Worker:
 
     def run(self) -> None:
         duration = float(self.config["duration"])
-        hold_every = float(self.config["hold_every"])
+        hold_every, first_hold = self.config["hold_every_ops"], self.config["hold_first_op"]
         started = time.monotonic()
         deadline = started + duration
-        next_hold = started + 2.0 + self.index * hold_every / 4
-        while True:
+        for ops in itertools.count():
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline and ops >= self.config["min_ops"]:
                 break
-            if now >= next_hold and deadline - now > self.config["hold_deadline"]:
-                next_hold = now + hold_every
+            if ops >= first_hold and (ops - first_hold) % hold_every == 0:
                 self.write(held=True)
                 continue
             if self.config["think"] > 0:
                 # a glance-api's cache traffic comes in between image transfers
-                time.sleep(min(self.rng.expovariate(1 / self.config["think"]), deadline - now))
+                time.sleep(self.rng.expovariate(1 / self.config["think"]))
             r = self.rng.random()
             if r < 0.40:
                 self.write()

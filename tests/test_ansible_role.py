@@ -46,6 +46,8 @@ GROUP = grp.getgrgid(os.getgid()).gr_name
 RECAP = re.compile(r"^localhost\s*:\s*(.*)$", re.M)
 #: Unit directives the role fills in from variables; everything else must match systemd/.
 TEMPLATED = {"ExecStart", "User", "Group", "ReadWritePaths", "TimeoutStopSec"}
+#: a protected image: Glance's image ids are UUIDs
+GOLDEN = "601de41e-0000-4000-8000-000000000001"
 
 if shutil.which("ansible-playbook", path=str(BIN)) is None:  # pragma: no cover
     pytest.skip("ansible-core is not installed (the test extra)", allow_module_level=True)
@@ -136,7 +138,7 @@ class Root:
             "glance_cache_agent_glance_config": [str(self.glance_conf)],
             "glance_cache_agent_stall_time": "6h",
             "glance_cache_agent_tasks": {"prune": {"interval": "15m", "jitter": "30s"}},
-            "glance_cache_agent_prune": {"low_watermark": "90%", "protected_images": ["golden-1"]},
+            "glance_cache_agent_prune": {"low_watermark": "90%", "protected_images": [GOLDEN]},
             "glance_cache_agent_reconcile": {"orphans": "report"},
             "glance_cache_agent_metrics_listen": "127.0.0.1:19742",
             "glance_cache_agent_log_format": "json",
@@ -261,7 +263,7 @@ def test_rendered_config(converged: tuple[Root, Run, Run]) -> None:
     assert config.tasks["clean"].enabled
     assert not config.tasks["reconcile"].enabled  # run by its timer instead
     assert config.prune.low_watermark == pytest.approx(0.9)
-    assert "golden-1" in config.prune.protected_images
+    assert GOLDEN in config.prune.protected_images
     assert config.reconcile.orphans.value == "report"
     assert config.metrics.listen == "127.0.0.1:19742"
     assert config.logging.format == "json"

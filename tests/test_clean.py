@@ -22,7 +22,7 @@ from freezegun import freeze_time
 from glance_cache_agent.driver import Driver
 from glance_cache_agent.driver.settings import DEFAULT_STALL_TIME
 from glance_cache_agent.maintenance import CleanPolicy, execute_clean, plan_clean, run_clean
-from tests.conftest import cache_image, disk_state, full_state, rows, start_writer, write_file
+from tests.conftest import cache_image, disk_state, full_state, rows, start_writer, uid, write_file
 
 DAY = 86400
 HOUR = 3600
@@ -84,8 +84,8 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def test_s33_invalid_removed_regardless_of_age(driver: Driver) -> None:
-    fresh = write_file(invalid(driver, "img-fresh"), 1024)
-    old = write_file(invalid(driver, "img-old"), 2048, age=30 * DAY)
+    fresh = write_file(invalid(driver, uid("img-fresh")), 1024)
+    old = write_file(invalid(driver, uid("img-old")), 2048, age=30 * DAY)
 
     result = run_clean(driver, CleanPolicy(), pause=no_pause)
 
@@ -99,9 +99,9 @@ def test_s33_invalid_removed_regardless_of_age(driver: Driver) -> None:
 
 def test_s34_default_stall_time_is_one_day(driver: Driver) -> None:
     assert CleanPolicy().stall_time == DEFAULT_STALL_TIME == 86400
-    stalled = write_file(incomplete(driver, "img-1"), 1000, age=2 * DAY)
-    fresh = write_file(incomplete(driver, "img-2"), 500)
-    almost = write_file(incomplete(driver, "img-3"), 500, age=DAY - HOUR)
+    stalled = write_file(incomplete(driver, uid("img-1")), 1000, age=2 * DAY)
+    fresh = write_file(incomplete(driver, uid("img-2")), 500)
+    almost = write_file(incomplete(driver, uid("img-3")), 500, age=DAY - HOUR)
 
     result = run_clean(driver, CleanPolicy(), pause=no_pause)
 
@@ -111,9 +111,9 @@ def test_s34_default_stall_time_is_one_day(driver: Driver) -> None:
 
 
 def test_s35_stall_time_one_hour(driver: Driver) -> None:
-    stalled = write_file(incomplete(driver, "img-1"), 700, age=DAY)
-    fresh = write_file(incomplete(driver, "img-2"), 700)
-    half_hour = write_file(incomplete(driver, "img-3"), 700, age=HOUR / 2)
+    stalled = write_file(incomplete(driver, uid("img-1")), 700, age=DAY)
+    fresh = write_file(incomplete(driver, uid("img-2")), 700)
+    half_hour = write_file(incomplete(driver, uid("img-3")), 700, age=HOUR / 2)
 
     result = run_clean(driver, CleanPolicy(stall_time=3600), pause=no_pause)
 
@@ -124,11 +124,11 @@ def test_s35_stall_time_one_hour(driver: Driver) -> None:
 
 
 def test_s36_stall_time_zero_removes_every_file_older_than_now(driver: Driver) -> None:
-    one_second = write_file(incomplete(driver, "img-1"))
+    one_second = write_file(incomplete(driver, uid("img-1")))
     set_mtime(one_second, T0 - 1)
-    old = write_file(incomplete(driver, "img-2"))
+    old = write_file(incomplete(driver, uid("img-2")))
     set_mtime(old, T0 - 5 * DAY)
-    same_second = write_file(incomplete(driver, "img-3"))
+    same_second = write_file(incomplete(driver, uid("img-3")))
     set_mtime(same_second, T0)  # mtime == now is not "< now"
 
     with freeze_time(at(T0)):
@@ -140,9 +140,9 @@ def test_s36_stall_time_zero_removes_every_file_older_than_now(driver: Driver) -
 
 
 def test_s37_strict_boundary_keeps_file_exactly_stall_time_old(driver: Driver) -> None:
-    boundary = write_file(incomplete(driver, "img-edge"))
+    boundary = write_file(incomplete(driver, uid("img-edge")))
     set_mtime(boundary, T0 - 3600)
-    past = write_file(incomplete(driver, "img-past"))
+    past = write_file(incomplete(driver, uid("img-past")))
     set_mtime(past, T0 - 3601)
 
     with freeze_time(at(T0)):
@@ -159,10 +159,10 @@ def test_s38_delete_failure_logged_skipped_and_clean_continues(
 ) -> None:
     """Differs from Glance: a failure deleting an ``invalid/`` file aborts Glance's
     clean; we log it, skip the file and continue in both directories."""
-    bad_invalid = write_file(invalid(driver, "img-a"), 100)
-    good_invalid = write_file(invalid(driver, "img-b"), 200)
-    bad_stalled = write_file(incomplete(driver, "img-c"), 300, age=2 * DAY)
-    good_stalled = write_file(incomplete(driver, "img-d"), 400, age=2 * DAY)
+    bad_invalid = write_file(invalid(driver, uid("img-a")), 100)
+    good_invalid = write_file(invalid(driver, uid("img-b")), 200)
+    bad_stalled = write_file(incomplete(driver, uid("img-c")), 300, age=2 * DAY)
+    good_stalled = write_file(incomplete(driver, uid("img-d")), 400, age=2 * DAY)
     faults = {str(bad_invalid): errno.EACCES, str(bad_stalled): errno.EIO}
     real_unlink = os.unlink
 
@@ -188,17 +188,19 @@ def test_s38_delete_failure_logged_skipped_and_clean_continues(
 
 
 def test_s39_scope_base_files_queue_and_rows_untouched(driver: Driver) -> None:
-    cache_image(driver, "img-cached", 1024)
-    set_mtime(Path(driver.base_dir) / "img-cached", T0 - 10 * DAY)
+    cache_image(driver, uid("img-cached"), 1024)
+    set_mtime(Path(driver.base_dir) / uid("img-cached"), T0 - 10 * DAY)
     write_file(Path(driver.base_dir) / "3f2a9c1e-0000-4000-8000-000000000001", 3000, age=10 * DAY)
-    assert driver.queue_image("img-queued")
-    set_mtime(Path(driver.base_dir) / "queue" / "img-queued", T0 - 10 * DAY)
-    write_file(invalid(driver, "img-x"), 10)
-    write_file(incomplete(driver, "img-y"), 10, age=10 * DAY)
+    assert driver.queue_image(uid("img-queued"))
+    set_mtime(Path(driver.base_dir) / "queue" / uid("img-queued"), T0 - 10 * DAY)
+    write_file(invalid(driver, uid("img-x")), 10)
+    write_file(incomplete(driver, uid("img-y")), 10, age=10 * DAY)
     # names that are not image ids are not the cleaner's business either
     foreign = [
         write_file(invalid(driver, "notes.txt"), 5, age=10 * DAY),
         write_file(incomplete(driver, ".hidden"), 5, age=10 * DAY),
+        write_file(invalid(driver, "README"), 5, age=10 * DAY),
+        write_file(incomplete(driver, "backup"), 5, age=10 * DAY),
     ]
     before = disk_state(driver.base_dir)
     rows_before = rows(driver)
@@ -209,7 +211,7 @@ def test_s39_scope_base_files_queue_and_rows_untouched(driver: Driver) -> None:
     # the only new entry: Glance's clean lock file (zero bytes, kept)
     assert after.pop("glance-cache-clean")[0] == 0
     gone = set(before) - set(after)
-    assert gone == {os.path.join("invalid", "img-x"), os.path.join("incomplete", "img-y")}
+    assert gone == {os.path.join("invalid", uid("img-x")), os.path.join("incomplete", uid("img-y"))}
     assert {k: v for k, v in before.items() if k not in gone} == after
     assert rows(driver) == rows_before
     assert all(p.exists() for p in foreign)
@@ -219,10 +221,10 @@ def test_s39_scope_base_files_queue_and_rows_untouched(driver: Driver) -> None:
 def test_s40_file_vanishing_between_scan_and_delete_is_not_an_error(driver: Driver) -> None:
     """Differs from Glance: a file renamed away mid-run (a finishing commit) made
     Glance's clean crash; we skip it and do not count it as removed."""
-    gone_invalid = write_file(invalid(driver, "img-a"), 100)
-    kept_invalid = write_file(invalid(driver, "img-b"), 100)
-    gone_stalled = write_file(incomplete(driver, "img-c"), 100, age=2 * DAY)
-    kept_stalled = write_file(incomplete(driver, "img-d"), 100, age=2 * DAY)
+    gone_invalid = write_file(invalid(driver, uid("img-a")), 100)
+    kept_invalid = write_file(invalid(driver, uid("img-b")), 100)
+    gone_stalled = write_file(incomplete(driver, uid("img-c")), 100, age=2 * DAY)
+    kept_stalled = write_file(incomplete(driver, uid("img-d")), 100, age=2 * DAY)
     policy = CleanPolicy(stall_time=3600)
     plan = plan_clean(
         driver.scan_state("invalid"), driver.scan_state("incomplete"), policy, time.time()
@@ -231,18 +233,18 @@ def test_s40_file_vanishing_between_scan_and_delete_is_not_an_error(driver: Driv
 
     gone_invalid.unlink()
     # the "commit" renames the stalled download into place
-    os.rename(gone_stalled, Path(driver.base_dir) / "img-c")
+    os.rename(gone_stalled, Path(driver.base_dir) / uid("img-c"))
     result = execute_clean(driver, plan, policy, pause=no_pause)
 
     assert not kept_invalid.exists() and not kept_stalled.exists()
-    assert (Path(driver.base_dir) / "img-c").exists()
+    assert (Path(driver.base_dir) / uid("img-c")).exists()
     assert (result.invalid_removed, result.stalled_removed) == (1, 1)
     assert result.bytes_freed == 200
     assert result.errors == []
 
 
 def test_s40_file_vanishing_during_settle_pause(driver: Driver) -> None:
-    stalled = write_file(incomplete(driver, "img-a"), 100, age=2 * DAY)
+    stalled = write_file(incomplete(driver, uid("img-a")), 100, age=2 * DAY)
     calls: list[float] = []
 
     def pause(seconds: float) -> None:
@@ -261,11 +263,11 @@ def test_s40_file_vanishing_during_settle_pause(driver: Driver) -> None:
 
 
 def test_invalid_grace_keeps_young_invalid_files(driver: Driver) -> None:
-    young = write_file(invalid(driver, "img-young"))
+    young = write_file(invalid(driver, uid("img-young")))
     set_mtime(young, T0 - 600)
-    edge = write_file(invalid(driver, "img-edge"))
+    edge = write_file(invalid(driver, uid("img-edge")))
     set_mtime(edge, T0 - 3600)
-    old = write_file(invalid(driver, "img-old"))
+    old = write_file(invalid(driver, uid("img-old")))
     set_mtime(old, T0 - 7200)
 
     with freeze_time(at(T0)):
@@ -279,16 +281,16 @@ def test_invalid_grace_keeps_young_invalid_files(driver: Driver) -> None:
 
 def test_default_invalid_grace_is_none(driver: Driver) -> None:
     assert CleanPolicy().invalid_grace == 0
-    young = write_file(invalid(driver, "img-young"))
+    young = write_file(invalid(driver, uid("img-young")))
     result = run_clean(driver, CleanPolicy(), pause=no_pause)
     assert not young.exists()
     assert result.invalid_in_grace == 0
 
 
 def test_future_mtimes_skipped_and_reported(driver: Driver) -> None:
-    future_incomplete = write_file(incomplete(driver, "img-a"))
+    future_incomplete = write_file(incomplete(driver, uid("img-a")))
     set_mtime(future_incomplete, T0 + DAY)
-    future_invalid = write_file(invalid(driver, "img-b"))
+    future_invalid = write_file(invalid(driver, uid("img-b")))
     set_mtime(future_invalid, T0 + DAY)
 
     with freeze_time(at(T0)):
@@ -305,11 +307,11 @@ def test_never_deletes_file_held_open_by_a_real_writer(
 ) -> None:
     """Differs from Glance: Glance deletes any incomplete file older than the
     stall time, live downloads included; ours keeps a file open for writing."""
-    path = incomplete(driver, "img-live")
+    path = incomplete(driver, uid("img-live"))
     proc = writer(path)
     two_days_ago = time.time() - 2 * DAY
     os.utime(path, (two_days_ago, two_days_ago))
-    control = write_file(incomplete(driver, "img-dead"), 10, age=2 * DAY)
+    control = write_file(incomplete(driver, uid("img-dead")), 10, age=2 * DAY)
 
     result = run_clean(driver, CleanPolicy(stall_time=3600), pause=no_pause)
 
@@ -333,9 +335,9 @@ def test_clock_jump_does_not_delete_a_file_being_written(
 ) -> None:
     """The wall clock jumps ten days ahead (far beyond stall_time) while a
     download is in progress: its file is still kept."""
-    path = incomplete(driver, "img-live")
+    path = incomplete(driver, uid("img-live"))
     writer(path)
-    control = write_file(incomplete(driver, "img-dead"), 10)
+    control = write_file(incomplete(driver, uid("img-dead")), 10)
 
     with freeze_time(at(time.time() + 10 * DAY)):
         result = run_clean(driver, CleanPolicy(stall_time=3600), pause=no_pause)
@@ -349,8 +351,8 @@ def test_clock_jump_does_not_delete_a_file_being_written(
 def test_file_growing_between_observations_is_kept(driver: Driver) -> None:
     """A writer we cannot see in /proc (another host, NFS) still betrays itself
     by changing the file between the plan and the delete."""
-    growing = write_file(incomplete(driver, "img-grow"), 100, age=2 * DAY)
-    still = write_file(incomplete(driver, "img-still"), 100, age=2 * DAY)
+    growing = write_file(incomplete(driver, uid("img-grow")), 100, age=2 * DAY)
+    still = write_file(incomplete(driver, uid("img-still")), 100, age=2 * DAY)
     calls: list[float] = []
 
     def pause(seconds: float) -> None:
@@ -368,8 +370,8 @@ def test_file_growing_between_observations_is_kept(driver: Driver) -> None:
 
 
 def test_settle_pause_only_when_something_is_stalled(driver: Driver) -> None:
-    write_file(incomplete(driver, "img-fresh"), 100)
-    write_file(invalid(driver, "img-bad"), 100)
+    write_file(incomplete(driver, uid("img-fresh")), 100)
+    write_file(invalid(driver, uid("img-bad")), 100)
     calls: list[float] = []
 
     result = run_clean(driver, CleanPolicy(stall_time=3600, settle_time=1), pause=calls.append)
@@ -392,17 +394,17 @@ def test_empty_cache_clean_is_a_no_op(driver: Driver) -> None:
 
 
 def test_dry_run_changes_nothing_and_equals_real_run(driver: Driver) -> None:
-    cache_image(driver, "img-cached", 512)
-    driver.queue_image("img-q")
-    set_mtime(write_file(invalid(driver, "img-i1"), 100), T0 - 7200)
-    set_mtime(write_file(invalid(driver, "img-i2"), 200), T0 - DAY)
-    young_invalid = write_file(invalid(driver, "img-i3"), 300)
+    cache_image(driver, uid("img-cached"), 512)
+    driver.queue_image(uid("img-q"))
+    set_mtime(write_file(invalid(driver, uid("img-i1")), 100), T0 - 7200)
+    set_mtime(write_file(invalid(driver, uid("img-i2")), 200), T0 - DAY)
+    young_invalid = write_file(invalid(driver, uid("img-i3")), 300)
     set_mtime(young_invalid, T0 - 10)
-    stalled = write_file(incomplete(driver, "img-s1"), 400)
+    stalled = write_file(incomplete(driver, uid("img-s1")), 400)
     set_mtime(stalled, T0 - 2 * DAY)
-    fresh = write_file(incomplete(driver, "img-s2"), 500)
+    fresh = write_file(incomplete(driver, uid("img-s2")), 500)
     set_mtime(fresh, T0 - 60)
-    future = write_file(incomplete(driver, "img-s3"), 600)
+    future = write_file(incomplete(driver, uid("img-s3")), 600)
     set_mtime(future, T0 + HOUR)
     policy = CleanPolicy(stall_time=3600, invalid_grace=60)
 

@@ -25,7 +25,7 @@ import pytest
 
 from glance_cache_agent.cache_state import compute_cache_state
 from glance_cache_agent.driver import CacheSettings, Driver
-from tests.conftest import cache_image, full_state, read_image, rows, set_row, write_file
+from tests.conftest import cache_image, full_state, read_image, rows, set_row, uid, write_file
 
 ENV_VAR = "GLANCE_CACHE_AGENT_CONFIG"
 
@@ -109,10 +109,10 @@ def cache(tmp_path: Path) -> Cache:
 
 def _three_images(cache: Cache) -> None:
     """a, b, c of 1 KiB each; a is the least recently accessed."""
-    for name in ("c", "a", "b"):
+    for name in (uid("c"), uid("a"), uid("b")):
         cache_image(cache.driver, name, 1024)
     now = time.time()
-    for offset, name in enumerate(("a", "b", "c")):
+    for offset, name in enumerate((uid("a"), uid("b"), uid("c"))):
         set_row(cache.driver, name, last_accessed=now - 5400 + offset)
 
 
@@ -184,13 +184,13 @@ def test_version_and_usage_errors(cache: Cache) -> None:
 
 def test_status_json_equals_the_drivers_view(cache: Cache) -> None:
     _three_images(cache)
-    read_image(cache.driver, "a")
-    cache_image(cache.driver, "gone", 100)
-    os.remove(cache.path("gone"))  # phantom row
-    write_file(cache.path("orphan"), 500, age=3600)  # image file without a row
-    write_file(cache.path("incomplete", "partial"), 10)
-    write_file(cache.path("invalid", "broken"), 20)
-    for name in ("q1", "q2"):
+    read_image(cache.driver, uid("a"))
+    cache_image(cache.driver, uid("gone"), 100)
+    os.remove(cache.path(uid("gone")))  # phantom row
+    write_file(cache.path(uid("orphan")), 500, age=3600)  # image file without a row
+    write_file(cache.path("incomplete", uid("partial")), 10)
+    write_file(cache.path("invalid", uid("broken")), 20)
+    for name in (uid("q1"), uid("q2")):
         cache.driver.queue_image(name)
 
     status = cli_json(cache, "status")
@@ -243,13 +243,13 @@ def test_status_json_equals_the_drivers_view(cache: Cache) -> None:
 
 def test_list_cached_json_and_table(cache: Cache) -> None:
     _three_images(cache)
-    read_image(cache.driver, "b")
-    read_image(cache.driver, "b")
-    set_row(cache.driver, "a", last_accessed=time.time() - 5400)
+    read_image(cache.driver, uid("b"))
+    read_image(cache.driver, uid("b"))
+    set_row(cache.driver, uid("a"), last_accessed=time.time() - 5400)
 
     listed = cli_json(cache, "list-cached")
 
-    assert [e["image_id"] for e in listed] == ["a", "b", "c"]
+    assert [e["image_id"] for e in listed] == [uid("a"), uid("b"), uid("c")]
     db = rows(cache.driver)
     for entry in listed:
         assert set(entry) == {"image_id", "size", "hits", "last_accessed", "last_modified"}
@@ -264,7 +264,7 @@ def test_list_cached_json_and_table(cache: Cache) -> None:
     assert human.returncode == 0, human.stderr
     header, *body = human.stdout.splitlines()
     assert header.split() == ["IMAGE", "ID", "SIZE", "HITS", "LAST", "ACCESSED", "CACHED"]
-    assert [line.split()[0] for line in body] == ["a", "b", "c"]
+    assert [line.split()[0] for line in body] == [uid("a"), uid("b"), uid("c")]
     a_row = body[0]
     assert "1.0 KiB" in a_row and "1h30m ago" in a_row
     # right-aligned SIZE and HITS columns end where their headers end
@@ -273,46 +273,51 @@ def test_list_cached_json_and_table(cache: Cache) -> None:
 
 
 def test_queue_list_and_delete_queued(cache: Cache) -> None:
-    cache_image(cache.driver, "cached", 10)
+    cache_image(cache.driver, uid("cached"), 10)
 
-    queued = cli_json(cache, "queue", "q-old", "q-new", "q-mid", "cached")
+    queued = cli_json(cache, "queue", uid("q-old"), uid("q-new"), uid("q-mid"), uid("cached"))
 
     assert queued == {
-        "queued": ["q-old", "q-new", "q-mid"],
-        "not_queued": {"cached": "already cached"},
+        "queued": [uid("q-old"), uid("q-new"), uid("q-mid")],
+        "not_queued": {uid("cached"): "already cached"},
     }
     queue_dir = cache.path("queue")
-    assert sorted(os.listdir(queue_dir)) == ["q-mid", "q-new", "q-old"]
+    assert sorted(os.listdir(queue_dir)) == [uid("q-mid"), uid("q-new"), uid("q-old")]
     now = time.time()
-    for name, age in (("q-old", 300), ("q-mid", 200), ("q-new", 100)):
+    for name, age in ((uid("q-old"), 300), (uid("q-mid"), 200), (uid("q-new"), 100)):
         os.utime(queue_dir / name, (now - age, now - age))
 
-    assert cli_json(cache, "list-queued") == ["q-old", "q-mid", "q-new"]  # FIFO, not by name
+    # FIFO, not by name
+    assert cli_json(cache, "list-queued") == [uid("q-old"), uid("q-mid"), uid("q-new")]
 
-    deleted = cli("delete-queued", "q-old", "q-new", "nope", config=cache.config)
+    deleted = cli("delete-queued", uid("q-old"), uid("q-new"), uid("nope"), config=cache.config)
     assert deleted.returncode == 0, deleted.stderr
-    assert deleted.stdout.splitlines() == ["deleted q-old", "deleted q-new", "not queued: nope"]
-    assert os.listdir(queue_dir) == ["q-mid"]
+    assert deleted.stdout.splitlines() == [
+        f"deleted {uid('q-old')}",
+        f"deleted {uid('q-new')}",
+        f"not queued: {uid('nope')}",
+    ]
+    assert os.listdir(queue_dir) == [uid("q-mid")]
 
     human = cli("list-queued", config=cache.config)
-    assert human.stdout == "q-mid\n"
-    assert cache.driver.is_cached("cached")
+    assert human.stdout == uid("q-mid") + "\n"
+    assert cache.driver.is_cached(uid("cached"))
 
 
 def test_delete_cached_several_ids(cache: Cache) -> None:
     _three_images(cache)
 
-    deleted = cli_json(cache, "delete-cached", "a", "c", "nope")
+    deleted = cli_json(cache, "delete-cached", uid("a"), uid("c"), uid("nope"))
 
-    assert deleted == {"deleted": ["a", "c"], "not_found": ["nope"]}
-    assert not cache.path("a").exists() and not cache.path("c").exists()
-    assert set(rows(cache.driver)) == {"b"}
-    assert cache.path("b").stat().st_size == 1024
+    assert deleted == {"deleted": [uid("a"), uid("c")], "not_found": [uid("nope")]}
+    assert not cache.path(uid("a")).exists() and not cache.path(uid("c")).exists()
+    assert set(rows(cache.driver)) == {uid("b")}
+    assert cache.path(uid("b")).stat().st_size == 1024
 
 
 def test_delete_all_needs_yes_and_keeps_lock_files(cache: Cache) -> None:
     _three_images(cache)
-    for name in ("q1", "q2"):
+    for name in (uid("q1"), uid("q2")):
         cache.driver.queue_image(name)
     write_file(cache.path("glance-cache-prune"), 0)  # an oslo lock file
     before = full_state(cache.driver)
@@ -332,7 +337,7 @@ def test_delete_all_needs_yes_and_keeps_lock_files(cache: Cache) -> None:
         "glance-cache-prune",
         "image_cache_db_init",
     ]
-    assert sorted(os.listdir(cache.path("queue"))) == ["q1", "q2"]
+    assert sorted(os.listdir(cache.path("queue"))) == [uid("q1"), uid("q2")]
 
     assert cli_json(cache, "delete-all-queued", "--yes") == {"deleted": 2}
     assert os.listdir(cache.path("queue")) == []
@@ -343,9 +348,9 @@ def test_delete_all_needs_yes_and_keeps_lock_files(cache: Cache) -> None:
 
 
 def test_clean_dry_run_override_and_real_run(cache: Cache) -> None:
-    invalid = write_file(cache.path("invalid", "broken"), 20)
-    stalled = write_file(cache.path("incomplete", "stalled"), 30, age=7200)
-    fresh = write_file(cache.path("incomplete", "fresh"), 40, age=60)
+    invalid = write_file(cache.path("invalid", uid("broken")), 20)
+    stalled = write_file(cache.path("incomplete", uid("stalled")), 30, age=7200)
+    fresh = write_file(cache.path("incomplete", uid("fresh")), 40, age=60)
     _three_images(cache)
     before = full_state(cache.driver)
 
@@ -368,7 +373,10 @@ def test_clean_dry_run_override_and_real_run(cache: Cache) -> None:
     assert not invalid.exists() and not stalled.exists() and fresh.exists()
     after_files, after_rows, _ = full_state(cache.driver)
     assert after_rows == before[1]
-    assert set(before[0]) - set(after_files) == {"invalid/broken", "incomplete/stalled"}
+    assert set(before[0]) - set(after_files) == {
+        f"invalid/{uid('broken')}",
+        f"incomplete/{uid('stalled')}",
+    }
 
 
 def test_prune_dry_run_then_max_size_override(cache: Cache) -> None:
@@ -380,7 +388,7 @@ def test_prune_dry_run_then_max_size_override(cache: Cache) -> None:
     assert full_state(cache.driver) == before
     assert dry["dry_run"] is True
     _integers(dry, "target_bytes", "size_before", "size_after", "pruned_images", "pruned_bytes")
-    assert dry["images"] == ["a"]
+    assert dry["images"] == [uid("a")]
     assert (dry["target_bytes"], dry["size_before"], dry["size_after"]) == (2048, 3072, 2048)
     assert (dry["pruned_images"], dry["pruned_bytes"]) == (1, 1024)
 
@@ -389,19 +397,19 @@ def test_prune_dry_run_then_max_size_override(cache: Cache) -> None:
     assert real.returncode == 0, real.stderr
     out = real.stdout.splitlines()
     assert out[0].startswith("Evicted 2 images (2.0 KiB): 3.0 KiB -> 1.0 KiB, target 1.0 KiB")
-    assert [line.strip() for line in out[1:]] == ["a", "b"]
-    assert set(rows(cache.driver)) == {"c"}
-    assert not cache.path("a").exists() and not cache.path("b").exists()
-    assert cache.path("c").exists()
+    assert [line.strip() for line in out[1:]] == [uid("a"), uid("b")]
+    assert set(rows(cache.driver)) == {uid("c")}
+    assert not cache.path(uid("a")).exists() and not cache.path(uid("b")).exists()
+    assert cache.path(uid("c")).exists()
 
 
 def test_reconcile_dry_run_then_real(cache: Cache) -> None:
     _three_images(cache)
-    write_file(cache.path("orphan"), 500, age=3600)
-    cache_image(cache.driver, "phantom", 100)
-    os.remove(cache.path("phantom"))
-    set_row(cache.driver, "b", size=999)  # size drift
-    write_file(cache.path("queue", "c"), 0)  # queue entry of a cached image
+    write_file(cache.path(uid("orphan")), 500, age=3600)
+    cache_image(cache.driver, uid("phantom"), 100)
+    os.remove(cache.path(uid("phantom")))
+    set_row(cache.driver, uid("b"), size=999)  # size drift
+    write_file(cache.path("queue", uid("c")), 0)  # queue entry of a cached image
     before = full_state(cache.driver)
 
     dry = cli_json(cache, "reconcile", "--dry-run")
@@ -425,14 +433,14 @@ def test_reconcile_dry_run_then_real(cache: Cache) -> None:
         "phantom rows: remove 1",
         "sizes: fix 1",
         "queue entries of cached images: remove 1",
-        "  orphan orphan: adopt",
-        "  phantom row phantom: remove",
+        f"  orphan {uid('orphan')}: adopt",
+        f"  phantom row {uid('phantom')}: remove",
     ]
     after = rows(cache.driver)
-    assert set(after) == {"a", "b", "c", "orphan"}
-    assert after["orphan"][2] == 500 and after["b"][2] == 1024
-    assert not cache.path("queue", "c").exists()
-    assert cache.path("orphan").exists()
+    assert set(after) == {uid("a"), uid("b"), uid("c"), uid("orphan")}
+    assert after[uid("orphan")][2] == 500 and after[uid("b")][2] == 1024
+    assert not cache.path("queue", uid("c")).exists()
+    assert cache.path(uid("orphan")).exists()
 
 
 # ------------------------------------------------------------------ config
@@ -485,16 +493,22 @@ def test_missing_config_files_are_config_errors(cache: Cache, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("args", "shown", "problem"),
     [
-        (("queue", "good", "../etc"), "'../etc'", "path separator"),
+        (("queue", uid("good"), "../etc"), "'../etc'", "path separator"),
         (("delete-cached", "a/b"), "'a/b'", "path separator"),
         (("delete-queued", ".hidden"), "'.hidden'", "dot"),
         (("queue", "x" * 300), "'xxxx", "300 characters"),
+        # Glance issues only UUIDs: id-shaped names are refused, whatever the cache holds
+        (("delete-cached", "README"), "'README'", "not a UUID"),
+        (("delete-cached", "incomplete"), "'incomplete'", "not a UUID"),
+        (("delete-cached", uid("a"), "backup"), "'backup'", "not a UUID"),
+        (("queue", "queue"), "'queue'", "not a UUID"),
+        (("delete-queued", "7"), "'7'", "not a UUID"),
     ],
 )
 def test_invalid_image_ids_are_usage_errors(
     cache: Cache, args: tuple[str, ...], shown: str, problem: str
 ) -> None:
-    cache_image(cache.driver, "a", 10)
+    cache_image(cache.driver, uid("a"), 10)
     before = full_state(cache.driver)
 
     proc = cli(*args, config=cache.config)
@@ -551,7 +565,7 @@ def test_maintenance_lock_held_by_another_process(cache: Cache) -> None:
 
     with holding(HOLD_MAINTENANCE, str(cache.run_dir)) as holder:
         prune = cli("prune", config=cache.config)
-        delete = cli("delete-cached", "a", config=cache.config)
+        delete = cli("delete-cached", uid("a"), config=cache.config)
         dry = cli("prune", "--dry-run", "--json", config=cache.config)
 
     for proc in (prune, delete):
@@ -560,7 +574,7 @@ def test_maintenance_lock_held_by_another_process(cache: Cache) -> None:
         assert f"pid {holder.pid}" in message and "maintenance.lock" in message
     assert full_state(cache.driver) == before
     assert dry.returncode == 0  # a dry run changes nothing and takes no lock
-    assert json.loads(dry.stdout)["images"] == ["a"]
+    assert json.loads(dry.stdout)["images"] == [uid("a")]
 
 
 def test_glance_prune_lock_held_by_another_process(cache: Cache) -> None:
@@ -576,7 +590,7 @@ def test_glance_prune_lock_held_by_another_process(cache: Cache) -> None:
     # a dry run takes no lock and says what it would do
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines()[0].startswith("Would evict 1 images (1.0 KiB)")
-    assert dry.stdout.splitlines()[1:] == ["  a"]
+    assert dry.stdout.splitlines()[1:] == [f"  {uid('a')}"]
     assert full_state(cache.driver) == before
 
 
@@ -597,7 +611,7 @@ def test_sigterm_ends_an_adhoc_prune_at_a_safe_point(cache: Cache) -> None:
     )
     try:
         deadline = time.monotonic() + 20
-        while cache.path("a").exists():  # the first batch is done: now in its 30 s pause
+        while cache.path(uid("a")).exists():  # the first batch is done: now in its 30 s pause
             assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
@@ -608,6 +622,6 @@ def test_sigterm_ends_an_adhoc_prune_at_a_safe_point(cache: Cache) -> None:
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["stopped_by"] == "stopped"
-    assert result["images"] == ["a"]
-    assert cache.path("b").exists() and cache.path("c").exists()
-    assert set(rows(cache.driver)) == {"b", "c"}
+    assert result["images"] == [uid("a")]
+    assert cache.path(uid("b")).exists() and cache.path(uid("c")).exists()
+    assert set(rows(cache.driver)) == {uid("b"), uid("c")}

@@ -224,6 +224,11 @@ MALFORMED = [
         " it contains a path separator",
     ),
     (
+        f"prune:\n  protected_images: [{UUID_A}, '42']\n",
+        "{cfg}:2: prune.protected_images[1]: '42' is not a valid image id:"
+        " it is not a UUID (Glance issues only UUIDs: 8-4-4-4-12 hex digits)",
+    ),
+    (
         "prune:\n  protected_images: abc\n",
         "{cfg}:2: prune.protected_images: must be a list, got 'abc'",
     ),
@@ -319,7 +324,7 @@ MALFORMED = [
     (
         "cache:\n  glance_config:\n    - missing.conf\n",
         "{cfg}:3: cache.glance_config[0]: cannot read Glance config {dir}/missing.conf:"
-        " no such file",
+        " no such file or directory",
     ),
     # TLS
     (
@@ -415,7 +420,9 @@ def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
 def test_config_path_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path))
-    assert str(info.value) == f"{tmp_path}: cannot read config file: Is a directory"
+    assert str(info.value) == (
+        f"{tmp_path}: cannot read config file: it is a directory, not a regular file"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -449,7 +456,7 @@ def test_units_are_parsed(tmp_path: Path) -> None:
         "  low_watermark: 90%\n"
         "  min_free_space: 20GB\n"
         "  max_idle: 7d\n"
-        f"  protected_images: [{UUID_A}, '42']\n"
+        f"  protected_images: [{UUID_A}, {UUID_B.upper()}]\n"
         "  max_images_per_run: 100\n"
         "  time_budget: null\n"
         "  batch_pause: 0\n"
@@ -468,7 +475,7 @@ def test_units_are_parsed(tmp_path: Path) -> None:
     assert config.prune.low_watermark == 0.9
     assert (config.prune.min_free_bytes, config.prune.min_free_percent) == (20 * 10**9, 0.0)
     assert config.prune.max_idle == 7 * 86400.0
-    assert config.prune.protected_images == frozenset({UUID_A, "42"})
+    assert config.prune.protected_images == frozenset({UUID_A, UUID_B.upper()})
     assert config.prune.max_images_per_run == 100
     assert config.prune.time_budget is None
     assert config.prune.batch_pause == 0.0
@@ -673,7 +680,7 @@ def test_centralized_db_driver_is_refused(tmp_path: Path, driver: str) -> None:
     message = driver_error(tmp_path, api)
     conf = tmp_path / "glance" / "glance-api.conf"
     assert message == (
-        f"{conf}: [DEFAULT] image_cache_driver: is '{driver}': its cache.db is stale or empty"
+        f"{conf}:3: [DEFAULT] image_cache_driver: is '{driver}': its cache.db is stale or empty"
         " (image metadata lives in Glance's database), so this agent refuses to manage this"
         " cache; only the sqlite driver is supported"
     )
@@ -700,7 +707,7 @@ def test_later_file_switching_the_driver_is_refused(tmp_path: Path) -> None:
         "[DEFAULT]\nimage_cache_driver = centralized_db\n",
     )
     assert message.startswith(
-        f"{tmp_path / 'glance' / 'glance-cache.conf'}: [DEFAULT] image_cache_driver"
+        f"{tmp_path / 'glance' / 'glance-cache.conf'}:2: [DEFAULT] image_cache_driver"
     )
 
 
@@ -747,24 +754,26 @@ def test_glance_files_without_a_cache_dir(tmp_path: Path) -> None:
     [
         (
             f"{SQLITE_DEFAULT}image_cache_max_size = 10GB\n",
-            "{conf}: [DEFAULT] image_cache_max_size: must be a whole number >= 0, got '10GB'",
+            "{conf}:4: [DEFAULT] image_cache_max_size: must be a whole number >= 0, got '10GB'",
         ),
         (
             f"{SQLITE_DEFAULT}image_cache_stall_time = -1\n",
-            "{conf}: [DEFAULT] image_cache_stall_time: must be a whole number >= 0, got '-1'",
+            "{conf}:4: [DEFAULT] image_cache_stall_time: must be a whole number >= 0, got '-1'",
         ),
         (
             "[DEFAULT]\nimage_cache_driver = sqlite\nimage_cache_dir = cache\n",
-            "{conf}: [DEFAULT] image_cache_dir: must be an absolute path, got 'cache'",
+            "{conf}:3: [DEFAULT] image_cache_dir: must be an absolute path, got 'cache'",
         ),
         (
             "[DEFAULT]\nimage_cache_driver = sqlite\nimage_cache_dir = /var/\n",
-            "{conf}: [DEFAULT] image_cache_dir: refusing to manage /var as an image cache: it is a"
+            "{conf}:3: [DEFAULT] image_cache_dir: refusing to manage /var as an image cache:"
+            " it is a"
             " system directory",
         ),
         (
             "image_cache_dir = /srv/c\n",
-            "{conf}:1: cannot parse Glance config: File contains no section headers.",
+            "{conf}:1: cannot parse Glance config: option 'image_cache_dir' comes before any"
+            " [section] header",
         ),
     ],
 )
@@ -779,7 +788,7 @@ def test_second_missing_glance_file_is_named_at_its_line(tmp_path: Path) -> None
     error = error_of(tmp_path, yaml_for([*files, missing]))
     assert str(error) == (
         f"{tmp_path / 'config.yaml'}:4: cache.glance_config[1]: cannot read Glance config"
-        f" {missing}: no such file"
+        f" {missing}: no such file or directory"
     )
 
 

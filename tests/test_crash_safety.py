@@ -1,10 +1,19 @@
-"""Crash safety: SIGKILL the agent at random points of prune, clean and reconcile.
+"""Crash safety: SIGKILL the agent at known points of prune, clean and reconcile.
 
 Issue 6 section 2, following the recipe in performance-and-reliability.md
 section 4.2: each trial builds a real cache (small files, rows inserted in
-one transaction), starts the maintenance run through the real CLI as a
-subprocess, waits for a "started" signal, sleeps a seeded random 0-150 ms (the
-failure-injection point) and sends SIGKILL. Then, for every trial:
+one transaction) and starts the maintenance run through the real CLI as a
+subprocess with ``GLANCE_CACHE_AGENT_TEST_KILL_AT=POINT:N``: the run SIGKILLs
+itself on its N-th pass through that crash point
+(``glance_cache_agent/driver/crashpoints.py``). Each task has a list of
+points covering every step (after an unlink and before its row goes, mid
+batch, inside a row transaction, just after one, between the two phases of
+clean...); trial k of a task takes the k-th (cycling, seeded values where a
+point has a range), so every step is killed in every full run, whatever the
+machine's speed. A run that exits without being killed is a failure (its
+point was never reached), and so is a kill whose leftovers do not match the
+point (e.g. after ``prune:unlinked:7`` exactly 7 victim files are gone).
+Then, for every trial:
 
 1. ``PRAGMA integrity_check`` is ``ok`` (SQLite rolls back a hot journal);
 2. every image file has a row, unless it is one of the orphans the trial
@@ -19,7 +28,7 @@ Plus per-task checks: clean never touches the base directory or a live
 ``incomplete/`` file; reconcile never deletes a file that has a row.
 
 Every trial is reproducible from its number: ``random.Random(SEED_BASE +
-trial)`` decides the cache, the policy knobs and the kill delay. Run a few
+trial)`` decides the cache, the policy knobs and the kill point. Run a few
 trials only with ``GLANCE_CACHE_AGENT_CRASH_TRIALS=3,17``. With
 ``GLANCE_CACHE_AGENT_RELIABILITY_REPORT=PATH`` the counts are written to
 ``PATH.crash.json``.
@@ -28,6 +37,7 @@ trials only with ``GLANCE_CACHE_AGENT_CRASH_TRIALS=3,17``. With
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -45,15 +55,23 @@ from typing import Any
 import pytest
 
 from glance_cache_agent.driver import CacheSettings, Driver
-from glance_cache_agent.maintenance import OrphanPolicy, ReconcilePolicy, run_reconcile
+from glance_cache_agent.driver.crashpoints import ENV as KILL_AT
+from glance_cache_agent.maintenance import (
+    OrphanPolicy,
+    PrunePolicy,
+    ReconcilePolicy,
+    run_prune,
+    run_reconcile,
+)
 
 pytestmark = pytest.mark.slow
 
 SEED_BASE = 0x6C0A5E  # trial n uses random.Random(SEED_BASE + n)
 TRIALS = (("prune", 20), ("clean", 15), ("reconcile", 15))
-MAX_KILL_DELAY = 0.150  # seconds after the "started" signal
-SIGNAL_TIMEOUT = 15.0
+#: a hang guard for one killed run, not a timing expectation
+RUN_TIMEOUT = 120.0
 HOUR = 3600.0
+STALLED = 120  # clean trials: stalled incomplete files
 DAY = 86400.0
 
 
@@ -133,6 +151,26 @@ def _image_files(driver: Driver) -> dict[str, int]:
     return {info.name: info.size for info in driver.iter_image_files()}
 
 
+@dataclass(frozen=True)
+class KillPoint:
+    """The run SIGKILLs itself on pass ``n`` through crash point ``point``."""
+
+    label: str
+    point: str
+    n: int
+    #: counts the kill must leave (checked before any repair), e.g. files removed
+    expect: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.point}:{self.n}"
+
+
+def _pick(points: list[KillPoint], k: int) -> KillPoint:
+    """Trial ``k`` of a task takes the k-th point, cycling through the list."""
+    return points[k % len(points)]
+
+
 @dataclass
 class Cache:
     """One trial's cache and what the trial knows about it."""
@@ -144,12 +182,16 @@ class Cache:
     orphans: set[str] = field(default_factory=set)
     #: files the killed task must never delete, as (path, (size, mtime_ns, inode))
     keep: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: prune: the planned victims, in eviction order
+    victims: list[str] = field(default_factory=list)
+    #: clean: invalid and stalled files at the start (all to be removed)
+    removable: int = 0
     #: ids whose files must still exist and have rows after the kill
     keep_tracked: set[str] = field(default_factory=set)
     #: rows and base-dir files that the killed task must leave exactly as they were
     frozen_base: tuple[object, object] | None = None
-    #: how the parent knows the run has begun its work
-    started: tuple[str, str] = ("exists", "")
+    #: where the run kills itself
+    kill: KillPoint | None = None
     config: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
@@ -209,7 +251,37 @@ def _base_config(root: Path, driver: Driver, max_size: int) -> dict[str, dict[st
     }
 
 
-def build_prune(root: Path, rng: random.Random) -> Cache:
+def _prune_points(victims: int, batch: int, rng: random.Random) -> list[KillPoint]:
+    """Every step of a batched prune; expectations: victim files and rows gone."""
+    batches = math.ceil(victims / batch)
+
+    def unlinked(label: str, n: int) -> KillPoint:
+        rows = batch * ((n - 1) // batch)  # the batches before n's are committed
+        return KillPoint(label, "prune:unlinked", n, {"files_gone": n, "rows_gone": rows})
+
+    def in_txn(label: str, k: int) -> KillPoint:  # k-th batch's row transaction
+        files = min(victims, k * batch)
+        return KillPoint(label, "db:commit", k, {"files_gone": files, "rows_gone": (k - 1) * batch})
+
+    def committed(label: str, k: int) -> KillPoint:
+        files = min(victims, k * batch)
+        return KillPoint(label, "db:committed", k, {"files_gone": files, "rows_gone": files})
+
+    return [
+        unlinked("first victim unlinked, its row still there", 1),
+        unlinked("mid batch", rng.randint(2, batch - 1)),
+        unlinked("a batch's files all unlinked, no row deleted", batch),
+        in_txn("inside the first batch's row transaction", 1),
+        committed("first batch committed, before the pause", 1),
+        unlinked("first unlink of the second batch", batch + 1),
+        in_txn("inside a later batch's row transaction", rng.randint(2, batches)),
+        committed("a later batch committed", rng.randint(2, batches - 1)),
+        unlinked("last victim unlinked, its batch's rows still there", victims),
+        in_txn("inside the last row transaction", batches),
+    ]
+
+
+def build_prune(root: Path, rng: random.Random, k: int) -> Cache:
     driver = _new_cache(root)
     now = time.time()
     sizes = _tracked(driver, rng, 300, now, (1024, 8192))
@@ -221,16 +293,36 @@ def build_prune(root: Path, rng: random.Random) -> Cache:
     first_victim = min((rows[i][0], i) for i in sizes)[1]
     cache = Cache(root=root, driver=driver, max_size=max_size, orphans=orphans)
     cache.config = _base_config(root, driver, max_size)
+    batch = rng.choice([3, 5, 8])
     cache.config["prune"] = {
-        "batch_size": rng.choice([3, 5, 8]),
+        "batch_size": batch,
         "batch_pause": rng.choice(["2ms", "3ms", "5ms"]),
-        "time_budget": "1m",
+        "time_budget": "1h",
     }
-    cache.started = ("gone", str(Path(driver.base_dir, first_victim)))
+    plan = run_prune(driver, PrunePolicy(max_size=max_size, batch_size=batch), dry_run=True)
+    assert plan.images[0] == first_victim and len(plan.images) > 2 * batch
+    cache.victims = plan.images
+    cache.kill = _pick(_prune_points(len(plan.images), batch, rng), k)
     return cache
 
 
-def build_clean(root: Path, rng: random.Random) -> Cache:
+def _clean_points(invalid: int, stalled: int, rng: random.Random) -> list[KillPoint]:
+    """Invalid files go first (name order), then the settle pause, then stalled ones."""
+
+    def removed(label: str, n: int) -> KillPoint:
+        return KillPoint(label, "remove", n, {"files_removed": n})
+
+    return [
+        removed("first invalid file removed", 1),
+        removed("mid invalid files", rng.randint(2, invalid - 1)),
+        removed("every invalid file removed, before the settle pause", invalid),
+        removed("first stalled file removed", invalid + 1),
+        removed("mid stalled files", rng.randint(invalid + 2, invalid + stalled - 1)),
+        removed("last stalled file removed", invalid + stalled),
+    ]
+
+
+def build_clean(root: Path, rng: random.Random, k: int) -> Cache:
     driver = _new_cache(root)
     now = time.time()
     sizes = _tracked(driver, rng, 150, now, (1024, 8192))
@@ -240,7 +332,7 @@ def build_clean(root: Path, rng: random.Random) -> Cache:
     invalid_ids = sorted(_image_id(rng) for _ in range(120))
     for image_id in invalid_ids:
         _write(invalid / image_id, rng.randint(256, 4096), now - rng.uniform(0, 2 * DAY))
-    for _ in range(120):  # stalled: older than stall_time (1h)
+    for _ in range(STALLED):  # stalled: older than stall_time (1h)
         _write(
             incomplete / _image_id(rng), rng.randint(256, 4096), now - rng.uniform(2 * HOUR, DAY)
         )
@@ -259,17 +351,36 @@ def build_clean(root: Path, rng: random.Random) -> Cache:
         "settle_time": rng.choice(["20ms", "50ms", "80ms"]),
         "invalid_grace": 0,
     }
-    # clean removes invalid files first, in name order, then settles
-    cache.started = ("gone", str(invalid / invalid_ids[0]))
+    cache.removable = len(invalid_ids) + STALLED
+    cache.kill = _pick(_clean_points(len(invalid_ids), STALLED, rng), k)
     return cache
 
 
-def build_reconcile(root: Path, rng: random.Random) -> Cache:
+def _reconcile_points(
+    mode: str, orphans: int, phantoms: int, queue: int, rng: random.Random
+) -> list[KillPoint]:
+    """Orphans first (adopted in row batches, or removed), then phantom and size
+    batches, then stale queue entries. ``txns`` counts the write transactions."""
+    txns = math.ceil(phantoms / 500) + 1 + (math.ceil(orphans / 500) if mode == "adopt" else 0)
+    removed_orphans = orphans if mode == "delete" else 0
+    points = [
+        KillPoint("inside the first row transaction", "db:commit", 1),
+        KillPoint("first row transaction committed", "db:committed", 1),
+        KillPoint("inside a later row transaction", "db:commit", rng.randint(2, txns)),
+        KillPoint("a stale queue entry removed", "remove", removed_orphans + rng.randint(1, queue)),
+    ]
+    if mode == "delete":
+        points.insert(0, KillPoint("an orphan removed", "remove", rng.randint(1, orphans)))
+    return points
+
+
+def build_reconcile(root: Path, rng: random.Random, k: int) -> Cache:
     driver = _new_cache(root)
     now = time.time()
     sizes = _tracked(driver, rng, 250, now, (1024, 4096))
     orphans = _orphans(driver, rng, rng.randint(300, 700))
-    _phantoms(driver, rng, rng.randint(300, 1000), now)
+    phantoms = rng.randint(300, 1000)
+    _phantoms(driver, rng, phantoms, now)
     # rows whose size disagrees with the file
     conn = sqlite3.connect(driver.db_path)
     with conn:
@@ -293,12 +404,13 @@ def build_reconcile(root: Path, rng: random.Random) -> Cache:
         if not os.path.exists(os.path.join(driver.base_dir, name))
     }
     cache.config = _base_config(root, driver, max_size)
+    mode = ("adopt", "delete", "report")[k % 3]
     cache.config["reconcile"] = {
         "orphan_grace": 0,  # every deliberate orphan is past the grace: act on it
-        "orphans": rng.choice(["adopt", "adopt", "delete", "report"]),
+        "orphans": mode,
     }
-    # reconcile takes Glance's clean lock first: its lock file appears at the start
-    cache.started = ("exists", str(Path(driver.base_dir, "glance-cache-clean")))
+    points = _reconcile_points(mode, len(orphans), phantoms, 20, rng)
+    cache.kill = _pick(points, k // 3)
     return cache
 
 
@@ -315,20 +427,6 @@ def _cli(config_path: str, task: str) -> list[str]:
     return [sys.executable, "-m", "glance_cache_agent.cli", "-c", config_path, task, "--json"]
 
 
-def _wait_started(proc: subprocess.Popen[bytes], started: tuple[str, str]) -> bool:
-    """Poll until the run visibly began; False if it exited first."""
-    kind, path = started
-    deadline = time.monotonic() + SIGNAL_TIMEOUT
-    while time.monotonic() < deadline:
-        seen = os.path.exists(path)
-        if (kind == "gone" and not seen) or (kind == "exists" and seen):
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.0005)
-    raise AssertionError(f"no start signal ({kind} {path}) within {SIGNAL_TIMEOUT} s")
-
-
 # ------------------------------------------------------------------ a trial
 
 
@@ -337,37 +435,50 @@ class Outcome:
     task: str
     trial: int
     seed: int
-    delay_ms: float
-    killed_mid_run: bool
-    work_interrupted: bool
-    exit_status: int | None
+    kill_at: str
+    kill_label: str
+    killed: bool
     violations: list[str]
 
 
-def run_trial(base: Path, task: str, trial: int) -> Outcome:
+def _landed(task: str, cache: Cache) -> dict[str, int]:
+    """The counts a kill point's ``expect`` speaks of, as the kill left them."""
+    driver = cache.driver
+    if task == "prune":
+        files, rows = _image_files(driver), _row_ids(driver.db_path)
+        return {
+            "files_gone": sum(v not in files for v in cache.victims),
+            "rows_gone": sum(v not in rows for v in cache.victims),
+        }
+    if task == "clean":
+        left = len(_files(Path(driver.base_dir, "invalid")))
+        left += len(_files(Path(driver.base_dir, "incomplete"))) - len(cache.keep)
+        return {"files_removed": cache.removable - left}
+    return {}
+
+
+def run_trial(base: Path, task: str, trial: int, index: int) -> Outcome:
     seed = SEED_BASE + trial
     rng = random.Random(seed)
     root = base / f"{task}-{trial}"
     root.mkdir()
-    cache = BUILDERS[task](root, rng)
+    cache = BUILDERS[task](root, rng, index)
     driver = cache.driver
-    delay = rng.uniform(0.0, MAX_KILL_DELAY)
+    assert cache.kill is not None
     violations: list[str] = []
 
     config_path = _write_config(cache, "killed.yaml", cache.config)
-    proc = subprocess.Popen(_cli(config_path, task), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        if _wait_started(proc, cache.started):
-            time.sleep(delay)  # the failure-injection point
-        proc.send_signal(signal.SIGKILL)  # a no-op once the run has exited and been reaped
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    killed = proc.returncode == -signal.SIGKILL
-    if not killed and proc.returncode != 0:
-        violations.append(f"run exited {proc.returncode} before the kill: {err[-500:]!r}")
+    env = {**os.environ, KILL_AT: cache.kill.spec}
+    run = subprocess.run(_cli(config_path, task), capture_output=True, env=env, timeout=RUN_TIMEOUT)
+    killed = run.returncode == -signal.SIGKILL
+    if not killed:
+        violations.append(
+            f"{cache.kill.spec} ({cache.kill.label}) never reached: the run exited"
+            f" {run.returncode}: {run.stderr[-500:]!r}"
+        )
+    landed = _landed(task, cache)
+    if landed != cache.kill.expect:
+        violations.append(f"{cache.kill.spec}: the kill left {landed}, not {cache.kill.expect}")
 
     # 1. the database survived (opening it rolls back any hot journal)
     integrity = _integrity(driver.db_path)
@@ -380,19 +491,6 @@ def run_trial(base: Path, task: str, trial: int) -> Outcome:
     rowless = set(files) - rows - cache.orphans
     if rowless:
         violations.append(f"{len(rowless)} file(s) without a row: {sorted(rowless)[:3]}")
-
-    # did the kill cut the task's work short (not only the process's exit)?
-    if task == "prune":
-        interrupted = sum(files.values()) > cache.max_size
-    elif task == "clean":
-        leftovers = len(_files(Path(driver.base_dir, "invalid")))
-        leftovers += len(_files(Path(driver.base_dir, "incomplete"))) - len(cache.keep)
-        interrupted = leftovers > 0
-    else:
-        mode = cache.config["reconcile"]["orphans"]
-        interrupted = bool(rows - set(files)) or (
-            mode != "report" and bool(cache.orphans & (set(files) - rows))
-        )
 
     # per-task: what the killed run must never have touched
     for path, st in cache.keep.items():
@@ -453,20 +551,20 @@ def run_trial(base: Path, task: str, trial: int) -> Outcome:
         task=task,
         trial=trial,
         seed=seed,
-        delay_ms=round(delay * 1000, 1),
-        killed_mid_run=killed,
-        work_interrupted=interrupted,
-        exit_status=None if killed else proc.returncode,
+        kill_at=cache.kill.spec,
+        kill_label=cache.kill.label,
+        killed=killed,
         violations=violations,
     )
 
 
-def _selected() -> list[tuple[str, int]]:
+def _selected() -> list[tuple[str, int, int]]:
+    """``(task, trial, index of the trial within its task)``."""
     plan = []
     trial = 0
     for task, count in TRIALS:
-        for _ in range(count):
-            plan.append((task, trial))
+        for index in range(count):
+            plan.append((task, trial, index))
             trial += 1
     only = os.environ.get("GLANCE_CACHE_AGENT_CRASH_TRIALS")
     if only:
@@ -477,28 +575,25 @@ def _selected() -> list[tuple[str, int]]:
 
 def test_sigkill_during_maintenance_keeps_invariants(tmp_path: Path) -> None:
     started = time.monotonic()
-    outcomes = [run_trial(tmp_path, task, trial) for task, trial in _selected()]
+    outcomes = [run_trial(tmp_path, *selected) for selected in _selected()]
     elapsed = time.monotonic() - started
 
     per_task: dict[str, Counter[str]] = {}
     for o in outcomes:
         c = per_task.setdefault(o.task, Counter())
         c["trials"] += 1
-        c["killed_mid_run"] += o.killed_mid_run
-        c["completed_before_kill"] += not o.killed_mid_run
-        c["work_interrupted"] += o.work_interrupted
+        c["killed_at_their_point"] += o.killed
         c["violations"] += len(o.violations)
     report: dict[str, Any] = {
         "trials": len(outcomes),
-        "killed_mid_run": sum(o.killed_mid_run for o in outcomes),
-        "completed_before_kill": sum(not o.killed_mid_run for o in outcomes),
-        # killed before the task's changes were all made (the rest died mid-exit)
-        "work_interrupted": sum(o.work_interrupted for o in outcomes),
+        "killed_at_their_point": sum(o.killed for o in outcomes),
         "violations": sum(len(o.violations) for o in outcomes),
         "seconds": round(elapsed, 1),
         "seed_base": SEED_BASE,
-        "max_kill_delay_ms": MAX_KILL_DELAY * 1000,
         "per_task": {task: dict(c) for task, c in per_task.items()},
+        "kill_points": {
+            task: sorted({o.kill_label for o in outcomes if o.task == task}) for task in per_task
+        },
         "failures": [
             {"task": o.task, "trial": o.trial, "seed": o.seed, "violations": o.violations}
             for o in outcomes
@@ -511,6 +606,30 @@ def test_sigkill_during_maintenance_keeps_invariants(tmp_path: Path) -> None:
         Path(target + ".crash.json").write_text(json.dumps(report, indent=2) + "\n")
 
     assert report["violations"] == 0, json.dumps(report["failures"], indent=2)
-    if len(outcomes) == sum(n for _, n in TRIALS):
-        # the kills must really land mid-run often enough to mean something
-        assert report["work_interrupted"] >= len(outcomes) // 3, report["per_task"]
+    assert report["killed_at_their_point"] == len(outcomes)
+
+
+def _run_points(spec: str | None) -> subprocess.CompletedProcess[str]:
+    """A process passing ``other`` and ``step`` three times each, printing after each round."""
+    code = (
+        "from glance_cache_agent.driver.crashpoints import crash_point\n"
+        "for i in range(3):\n"
+        "    crash_point('other'); crash_point('step'); print(i, flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+    if spec is not None:
+        env[KILL_AT] = spec
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT
+    )
+
+
+def test_crash_point_kills_on_the_armed_pass_only() -> None:
+    armed = _run_points("step:2")
+    assert (armed.returncode, armed.stdout.split()) == (-signal.SIGKILL, ["0"])
+    for spec in (None, "", "step:4", "ste:1"):  # off, off, never reached, another point
+        done = _run_points(spec)
+        assert (done.returncode, done.stdout.split()) == (0, ["0", "1", "2"]), spec
+    for bad in ("step", "step:0", "step:x"):
+        refused = _run_points(bad)
+        assert refused.returncode == 1 and "expected POINT:N" in refused.stderr, bad

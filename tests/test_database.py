@@ -28,7 +28,7 @@ from glance_cache_agent.driver import (
     external_lock,
 )
 from glance_cache_agent.driver.errors import translate
-from tests.conftest import cache_image, read_image, rows, set_row, write_file
+from tests.conftest import cache_image, read_image, rows, set_row, uid, write_file
 
 GLANCE_SQLITE = (
     Path(__file__).resolve().parents[1]
@@ -132,9 +132,9 @@ def test_glance_created_db_is_accepted(make_driver: Callable[..., Driver], cache
 
 def test_s03_initialize_is_idempotent_and_keeps_rows(driver: Driver) -> None:
     """s3: three rows survive initialize_db/configure; the schema does not change."""
-    for image_id in ("a", "b", "c"):
+    for image_id in (uid("a"), uid("b"), uid("c")):
         cache_image(driver, image_id, size=3)
-    read_image(driver, "b")
+    read_image(driver, uid("b"))
     before = rows(driver)
     with sqlite3.connect(driver.db_path) as conn:
         schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
@@ -169,28 +169,28 @@ def test_s05_journal_mode_stays_delete_after_every_operation(
 ) -> None:
     """s5: PRAGMA journal_mode is 'delete' after each operation; no -wal/-shm appear."""
     driver = Driver(CacheSettings(cache_dir=str(cache_dir)))
-    write_file(cache_dir / "incomplete" / "stale", age=10 * 86400)
-    write_file(cache_dir / "invalid" / "bad")
-    write_file(cache_dir / "orphan", size=7)
+    write_file(cache_dir / "incomplete" / uid("stale"), age=10 * 86400)
+    write_file(cache_dir / "invalid" / uid("bad"))
+    write_file(cache_dir / uid("orphan"), size=7)
     steps: list[tuple[str, Callable[[], object]]] = [
         ("configure", driver.configure),
         ("initialize_db", driver.initialize_db),
-        ("cache", lambda: cache_image(driver, "a")),
-        ("cache again", lambda: cache_image(driver, "a", size=20)),
-        ("read", lambda: read_image(driver, "a")),
-        ("queue", lambda: driver.queue_image("q")),
-        ("hit count", lambda: driver.get_hit_count("a")),
+        ("cache", lambda: cache_image(driver, uid("a"))),
+        ("cache again", lambda: cache_image(driver, uid("a"), size=20)),
+        ("read", lambda: read_image(driver, uid("a"))),
+        ("queue", lambda: driver.queue_image(uid("q"))),
+        ("hit count", lambda: driver.get_hit_count(uid("a"))),
         ("list", driver.get_cached_images),
         ("lru", driver.get_least_recently_accessed),
         ("size", driver.get_cache_size),
-        ("adopt", lambda: driver.adopt_files([driver.scan_base().images["orphan"]])),
-        ("set sizes", lambda: driver.set_sizes([("a", 1)])),
-        ("rows", lambda: driver.rows_by_id(["a"])),
+        ("adopt", lambda: driver.adopt_files([driver.scan_base().images[uid("orphan")]])),
+        ("set sizes", lambda: driver.set_sizes([(uid("a"), 1)])),
+        ("rows", lambda: driver.rows_by_id([uid("a")])),
         ("hits", driver.total_hits),
         ("check", driver.check_database),
         ("clean", lambda: driver.clean(stall_time=60)),
-        ("delete", lambda: driver.delete_cached_image("a")),
-        ("delete rows", lambda: driver.delete_rows(["orphan"])),
+        ("delete", lambda: driver.delete_cached_image(uid("a"))),
+        ("delete rows", lambda: driver.delete_rows([uid("orphan")])),
         ("delete all", driver.delete_all_cached_images),
     ]
     for name, step in steps:
@@ -208,8 +208,8 @@ def test_journal_mode_is_never_changed_even_from_wal(
     assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
     conn.close()
     driver = make_driver()
-    cache_image(driver, "a")
-    read_image(driver, "a")
+    cache_image(driver, uid("a"))
+    read_image(driver, uid("a"))
     driver.delete_all_cached_images()
     assert journal_mode(driver.db_path) == "wal"
 
@@ -233,7 +233,7 @@ def test_s06_dot_slash_db_name_is_still_the_database(
     """Differs from Glance: './cache.db' is normalised, so it is never counted or deleted."""
     driver = make_driver(db="./cache.db")
     assert driver.db_path == str(cache_dir / "cache.db")
-    cache_image(driver, "a", size=10)
+    cache_image(driver, uid("a"), size=10)
     assert driver.get_cache_size() == 10
     assert driver.delete_all_cached_images() == 1
     assert (cache_dir / "cache.db").is_file()
@@ -250,9 +250,10 @@ def test_s06_absolute_db_name_is_used_as_is(
     assert db.is_file()
     assert not (cache_dir / "cache.db").exists()
     assert not any(name.endswith(".db") for name in os.listdir(cache_dir))
-    cache_image(driver, "a", size=4)
+    cache_image(driver, uid("a"), size=4)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT image_id, size FROM cached_images").fetchall() == [("a", 4)]
+        found = conn.execute("SELECT image_id, size FROM cached_images").fetchall()
+    assert found == [(uid("a"), 4)]
 
 
 # ----------------------------------------------------------------- typed errors
@@ -285,15 +286,15 @@ def zero_header(path: str) -> None:
 
 def test_zeroed_header_is_database_corrupt(driver: Driver) -> None:
     """Differs from Glance (which swallows it): 'file is not a database' -> DatabaseCorrupt."""
-    cache_image(driver, "a")
+    cache_image(driver, uid("a"))
     zero_header(driver.db_path)
     for call in (
         driver.get_cached_images,
         driver.check_database,
         driver.initialize_db,
         driver.total_hits,
-        lambda: driver.get_hit_count("a"),
-        lambda: driver.delete_cached_image("a"),
+        lambda: driver.get_hit_count(uid("a")),
+        lambda: driver.delete_cached_image(uid("a")),
     ):
         with pytest.raises(DatabaseCorrupt, match="not a database"):
             call()
@@ -364,7 +365,7 @@ def test_translate_maps_sqlite_messages_to_typed_errors(message: str, expected: 
 
 
 def test_check_database_ok(driver: Driver) -> None:
-    cache_image(driver, "a")
+    cache_image(driver, uid("a"))
     assert driver.check_database() == []
 
 
@@ -403,13 +404,13 @@ class LockHolder:
 
 def test_write_waits_for_the_lock_and_succeeds_once_released(driver: Driver) -> None:
     """A real busy timeout: the write waits instead of failing (Glance uses timeout=0)."""
-    cache_image(driver, "w")
+    cache_image(driver, uid("w"))
     done = threading.Event()
     outcome: dict[str, object] = {}
 
     def writer() -> None:
         try:
-            driver.delete_cached_image("w")
+            driver.delete_cached_image(uid("w"))
             outcome["ok"] = True
         except Exception as exc:  # noqa: BLE001 - reported to the test thread below
             outcome["error"] = exc
@@ -421,8 +422,8 @@ def test_write_waits_for_the_lock_and_succeeds_once_released(driver: Driver) -> 
         thread.start()
         # The holder keeps its lock for a moment: the writer must still be waiting.
         assert not done.wait(0.3), outcome
-        assert not driver.is_cached("w")  # file first ...
-        assert "w" in rows(driver)  # ... row still there while the lock is held
+        assert not driver.is_cached(uid("w"))  # file first ...
+        assert uid("w") in rows(driver)  # ... row still there while the lock is held
         holder.release.set()
         assert done.wait(10)
         thread.join(10)
@@ -432,22 +433,25 @@ def test_write_waits_for_the_lock_and_succeeds_once_released(driver: Driver) -> 
 
 def test_busy_timeout_exceeded_is_database_locked(make_driver: Callable[..., Driver]) -> None:
     driver = make_driver(busy_timeout=0.2)
-    cache_image(driver, "w")
+    cache_image(driver, uid("w"))
     holder = sqlite3.connect(driver.db_path, timeout=0, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        with pytest.raises(DatabaseLocked, match="locked") as info, driver.open_for_read("w") as f:
+        with (
+            pytest.raises(DatabaseLocked, match="locked") as info,
+            driver.open_for_read(uid("w")) as f,
+        ):
             assert f.read() == b"x" * 1024
         waited = time.monotonic() - started
         assert info.value.path == driver.db_path
         assert waited >= 0.15, "the busy timeout must actually be waited"
         with pytest.raises(DatabaseLocked):
-            driver.set_sizes([("w", 1)])
+            driver.set_sizes([(uid("w"), 1)])
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert rows(driver)["w"][2:] == (1024, 0)  # nothing was half-written
+    assert rows(driver)[uid("w")][2:] == (1024, 0)  # nothing was half-written
 
 
 def test_initialize_db_takes_glances_init_lock(
@@ -475,7 +479,7 @@ def test_initialize_db_takes_glances_init_lock(
 
 def test_no_transaction_is_held_across_image_file_io(driver: Driver) -> None:
     """While the caller streams data, a Glance-style writer (timeout=0) gets the lock at once."""
-    cache_image(driver, "r")
+    cache_image(driver, uid("r"))
 
     def glance_write() -> None:
         conn = sqlite3.connect(driver.db_path, timeout=0, isolation_level=None)
@@ -485,16 +489,16 @@ def test_no_transaction_is_held_across_image_file_io(driver: Driver) -> None:
         finally:
             conn.close()
 
-    with driver.open_for_write("w") as f:
+    with driver.open_for_write(uid("w")) as f:
         f.write(b"a")
         glance_write()
         f.write(b"b")
-    with driver.open_for_read("r") as f:
+    with driver.open_for_read(uid("r")) as f:
         f.read(1)
         glance_write()
         f.read()
-    assert rows(driver)["r"][3] == 1
-    assert rows(driver)["w"][2] == 2
+    assert rows(driver)[uid("r")][3] == 1
+    assert rows(driver)[uid("w")][2] == 2
 
 
 @pytest.fixture
@@ -516,17 +520,17 @@ def traced_statements() -> Iterator[list[tuple[int, str]]]:
 def test_every_write_runs_in_begin_immediate(
     driver: Driver, traced_statements: list[tuple[int, str]]
 ) -> None:
-    cache_image(driver, "a")
-    cache_image(driver, "a")
-    read_image(driver, "a")
-    driver.set_sizes([("a", 3)])
-    info = driver.scan_base().images["a"]
-    driver.delete_rows(["a"])
+    cache_image(driver, uid("a"))
+    cache_image(driver, uid("a"))
+    read_image(driver, uid("a"))
+    driver.set_sizes([(uid("a"), 3)])
+    info = driver.scan_base().images[uid("a")]
+    driver.delete_rows([uid("a")])
     driver.adopt_files([info])
-    with pytest.raises(RuntimeError), driver.open_for_write("b") as f:
+    with pytest.raises(RuntimeError), driver.open_for_write(uid("b")) as f:
         f.write(b"partial")
         raise RuntimeError("source failed")
-    driver.delete_cached_image("a")
+    driver.delete_cached_image(uid("a"))
     driver.delete_all_cached_images()
     dml = re.compile(r"^\s*(INSERT|UPDATE|DELETE)", re.IGNORECASE)
     in_txn: dict[int, bool] = {}
@@ -550,19 +554,19 @@ def test_txn_observer_receives_write_durations(cache_dir: Path) -> None:
     driver = Driver(CacheSettings(cache_dir=str(cache_dir)), txn_observer=durations.append)
     driver.configure()
     assert durations == []
-    cache_image(driver, "a")
+    cache_image(driver, uid("a"))
     assert len(durations) == 1
-    read_image(driver, "a")
+    read_image(driver, uid("a"))
     assert len(durations) == 2
     driver.get_cached_images()
-    driver.get_hit_count("a")
+    driver.get_hit_count(uid("a"))
     driver.total_hits()
     assert len(durations) == 2  # reads are not write transactions
-    with pytest.raises(ValueError), driver.open_for_write("b") as f:
+    with pytest.raises(ValueError), driver.open_for_write(uid("b")) as f:
         f.write(b"p")
         raise ValueError("boom")
     assert len(durations) == 3  # the rollback's row delete
-    driver.delete_cached_image("a")
+    driver.delete_cached_image(uid("a"))
     assert len(durations) == 4
     assert all(isinstance(d, float) and 0 <= d < 2.0 for d in durations), durations
 
@@ -573,17 +577,17 @@ def test_write_transaction_observer_sees_rolled_back_transaction(
     """A write that fails inside BEGIN IMMEDIATE is rolled back and still observed."""
     durations: list[float] = []
     observed = Driver(driver.settings, txn_observer=durations.append)
-    cache_image(observed, "a")
+    cache_image(observed, uid("a"))
     with pytest.raises(DatabaseError, match="UNIQUE"), observed.db.writing() as conn:
-        conn.execute("UPDATE cached_images SET hits = 5 WHERE image_id = 'a'")
-        conn.execute("INSERT INTO cached_images (image_id) VALUES ('a')")
-    assert rows(observed)["a"][3] == 0  # the UPDATE was rolled back
+        conn.execute("UPDATE cached_images SET hits = 5 WHERE image_id = ?", (uid("a"),))
+        conn.execute("INSERT INTO cached_images (image_id) VALUES (?)", (uid("a"),))
+    assert rows(observed)[uid("a")][3] == 0  # the UPDATE was rolled back
     assert len(durations) == 2
 
 
 def test_set_row_helper_and_driver_agree(driver: Driver) -> None:
     """Sanity for the shared helpers these tests rely on."""
-    cache_image(driver, "a")
-    set_row(driver, "a", hits=4, last_accessed=12.5)
-    assert driver.get_hit_count("a") == 4
+    cache_image(driver, uid("a"))
+    set_row(driver, uid("a"), hits=4, last_accessed=12.5)
+    assert driver.get_hit_count(uid("a")) == 4
     assert driver.get_cached_images()[0]["last_accessed"] == 12.5

@@ -22,6 +22,7 @@ def test_demo_cache_gives_every_task_work(tmp_path: Path) -> None:
     assert state.orphan_files == 1 and state.phantom_rows == 1
     assert state.incomplete_images == 4 and state.invalid_images == 2 and state.queued_images == 4
     assert len(state.top_images) == 5
+    assert state.foreign_names == ("README",)  # an operator's note: foreign, never touched
 
     prune = run_task(config, "prune", dry_run=True).result.to_dict()
     clean = run_task(config, "clean", dry_run=True).result.to_dict()

@@ -53,7 +53,7 @@ from glance_cache_agent.maintenance import (
     run_reconcile,
 )
 from tests.agent_process import Agent, NotifySocket, Samples, wait_until
-from tests.conftest import cache_image, disk_state, rows, set_row, start_writer, write_file
+from tests.conftest import cache_image, disk_state, rows, set_row, start_writer, uid, write_file
 
 DAY = 86400
 HOUR = 3600
@@ -72,7 +72,7 @@ def populate(driver: Driver, count: int, size: int = 1000, prefix: str = "img") 
     now = time.time()
     ids = []
     for index in range(count):
-        image_id = f"{prefix}-{index}"
+        image_id = uid(f"{prefix}-{index}")
         cache_image(driver, image_id, size)
         set_row(driver, image_id, last_accessed=now - HOUR + index)
         ids.append(image_id)
@@ -129,9 +129,9 @@ def test_read_only_filesystem_for_real_deletes_nothing_and_reports_every_file(
     rw = Driver(CacheSettings(cache_dir=str(tmp_path / "cache")))
     rw.configure()
     populate(rw, 4)
-    write_file(Path(rw.base_dir) / "orphan-1", 500, age=DAY)  # no row
-    write_file(Path(rw.base_dir) / "invalid" / "bad-1", 300)
-    write_file(Path(rw.base_dir) / "incomplete" / "stalled-1", 300, age=2 * DAY)
+    write_file(Path(rw.base_dir) / uid("orphan-1"), 500, age=DAY)  # no row
+    write_file(Path(rw.base_dir) / "invalid" / uid("bad-1"), 300)
+    write_file(Path(rw.base_dir) / "incomplete" / uid("stalled-1"), 300, age=2 * DAY)
     before_disk, before_rows = data_state(rw.base_dir), rows(rw)
 
     ro_dir = read_only_view(Path(rw.base_dir))
@@ -147,14 +147,13 @@ def test_read_only_filesystem_for_real_deletes_nothing_and_reports_every_file(
     assert (clean.invalid_removed, clean.stalled_removed, clean.bytes_freed) == (0, 0, 0)
     assert len(clean.errors) == 2 and all("Read-only file system" in e for e in clean.errors)
 
-    prune = run_prune(ro, PrunePolicy(max_size=1500, batch_pause=0), pause=no_pause)
-    assert prune.pruned_images == 0 and prune.images == []
-    assert prune.stopped_by == "victims_changed"
-    assert len(prune.errors) >= 1 and all("Read-only file system" in e for e in prune.errors)
+    # the database is read-only too: prune stops before its first unlink
+    with pytest.raises(DatabaseReadOnly, match="attempt to write a readonly database"):
+        run_prune(ro, PrunePolicy(max_size=1500, batch_pause=0), pause=no_pause)
 
     recon = run_reconcile(ro, ReconcilePolicy(orphan_grace=0, orphans=OrphanPolicy.DELETE))
     assert recon.orphans_removed == 0
-    assert recon.errors == [f"{ro_dir / 'orphan-1'}: Read-only file system"]
+    assert recon.errors == [f"{ro_dir / uid('orphan-1')}: Read-only file system"]
     # adopting needs a database write: SQLite opened the file read-only
     with pytest.raises(DatabaseReadOnly, match="attempt to write a readonly database"):
         run_reconcile(ro, ReconcilePolicy(orphan_grace=0, orphans=OrphanPolicy.ADOPT))
@@ -162,7 +161,7 @@ def test_read_only_filesystem_for_real_deletes_nothing_and_reports_every_file(
     assert data_state(rw.base_dir) == before_disk
     assert rows(rw) == before_rows
     failures = [r for r in caplog.records if "Read-only file system" in r.getMessage()]
-    assert len(failures) == len(clean.errors) + len(prune.errors) + 1  # one line per file
+    assert len(failures) == len(clean.errors) + 1  # one line per file
 
 
 # ------------------------------------------------- mocked EROFS / ENOSPC / EIO
@@ -187,12 +186,12 @@ def test_unlink_faults_in_every_task_are_reported_and_the_run_continues(
     """Every other file is still handled; the failing ones keep file and row."""
     populate(driver, 4)
     base = Path(driver.base_dir)
-    write_file(base / "invalid" / "bad-1", 10)
-    write_file(base / "invalid" / "bad-2", 10)
-    write_file(base / "incomplete" / "stalled-1", 10, age=2 * DAY)
-    write_file(base / "orphan-1", 10, age=DAY)
-    write_file(base / "orphan-2", 10, age=DAY)
-    sick = {"bad-1", "img-0", "orphan-1"}  # one failing file per task
+    write_file(base / "invalid" / uid("bad-1"), 10)
+    write_file(base / "invalid" / uid("bad-2"), 10)
+    write_file(base / "incomplete" / uid("stalled-1"), 10, age=2 * DAY)
+    write_file(base / uid("orphan-1"), 10, age=DAY)
+    write_file(base / uid("orphan-2"), 10, age=DAY)
+    sick = {uid("bad-1"), uid("img-0"), uid("orphan-1")}  # one failing file per task
     fake = failing(code, lambda p: os.path.basename(p) in sick)
     message = os.strerror(code)
 
@@ -202,18 +201,18 @@ def test_unlink_faults_in_every_task_are_reported_and_the_run_continues(
         recon = run_reconcile(driver, ReconcilePolicy(orphan_grace=0, orphans=OrphanPolicy.DELETE))
 
     assert (clean.invalid_removed, clean.stalled_removed) == (1, 1)
-    assert clean.errors == [f"{base / 'invalid' / 'bad-1'}: {message}"]
-    assert (base / "invalid" / "bad-1").exists()
+    assert clean.errors == [f"{base / 'invalid' / uid('bad-1')}: {message}"]
+    assert (base / "invalid" / uid("bad-1")).exists()
 
     # img-0 could not go, so img-1 and img-2 went (never more than the target needs)
-    assert prune.images == ["img-1", "img-2"]
-    assert prune.errors == [f"{base / 'img-0'}: {message}"]
+    assert prune.images == [uid("img-1"), uid("img-2")]
+    assert prune.errors == [f"{base / uid('img-0')}: {message}"]
     assert prune.stopped_by == "victims_changed"
-    assert set(driver.scan_base().images) == {"img-0", "img-3", "orphan-1"}
+    assert set(driver.scan_base().images) == {uid("img-0"), uid("img-3"), uid("orphan-1")}
 
-    assert recon.orphans_removed == 1 and recon.errors == [f"{base / 'orphan-1'}: {message}"]
-    assert (base / "orphan-1").exists()
-    assert set(rows(driver)) == {"img-0", "img-3"}  # the orphan that stayed stays rowless
+    assert recon.orphans_removed == 1 and recon.errors == [f"{base / uid('orphan-1')}: {message}"]
+    assert (base / uid("orphan-1")).exists()
+    assert set(rows(driver)) == {uid("img-0"), uid("img-3")}  # the orphan that stayed stays rowless
 
 
 def test_cli_exits_1_with_one_line_per_failed_file(
@@ -225,15 +224,15 @@ def test_cli_exits_1_with_one_line_per_failed_file(
     driver = Driver(CacheSettings(cache_dir=str(tmp_path / "cache")))
     driver.configure()
     populate(driver, 3)
-    with mock.patch("os.unlink", failing(errno.ENOSPC, lambda p: p.endswith("img-0"))):
+    with mock.patch("os.unlink", failing(errno.ENOSPC, lambda p: p.endswith(uid("img-0")))):
         code = cli.main(["-c", str(config), "--log-format", "console", "prune"])
     out, err = capsys.readouterr()
     assert code == cli.EXIT_FAILED
     assert [line for line in out.splitlines() if line.startswith("error:")] == [
-        f"error: {driver.base_dir}/img-0: No space left on device"
+        f"error: {driver.base_dir}/{uid('img-0')}: No space left on device"
     ]
-    assert sum("img-0" in line and "No space left" in line for line in err.splitlines()) == 1
-    assert set(driver.scan_base().images) == {"img-0", "img-2"}  # img-1 went instead
+    assert sum(uid("img-0") in line and "No space left" in line for line in err.splitlines()) == 1
+    assert set(driver.scan_base().images) == {uid("img-0"), uid("img-2")}  # img-1 went instead
     files_and_rows_agree(driver)
 
 
@@ -250,21 +249,21 @@ def test_rename_fault_during_commit_keeps_the_download_and_no_row(driver: Driver
     with (
         mock.patch("os.rename", rename),
         pytest.raises(OSError) as caught,
-        driver.open_for_write("img-x") as handle,
+        driver.open_for_write(uid("img-x")) as handle,
     ):
         handle.write(b"z" * 100)
     assert caught.value.errno == errno.EROFS
-    assert not driver.is_cached("img-x")
+    assert not driver.is_cached(uid("img-x"))
     assert rows(driver) == {}
-    assert (Path(driver.base_dir) / "invalid" / "img-x").read_bytes() == b"z" * 100
-    assert not (Path(driver.base_dir) / "incomplete" / "img-x").exists()
+    assert (Path(driver.base_dir) / "invalid" / uid("img-x")).read_bytes() == b"z" * 100
+    assert not (Path(driver.base_dir) / "incomplete" / uid("img-x")).exists()
 
 
 def test_enospc_on_write_during_a_download_rolls_back_cleanly(driver: Driver) -> None:
     """ENOSPC from ``write`` inside ``open_for_write``: the error reaches the caller,
     the partial file goes to ``invalid/`` (clean removes it), an existing good
     cached copy and its row are kept."""
-    cache_image(driver, "img-a", 50)
+    cache_image(driver, uid("img-a"), 50)
     good_rows = rows(driver)
 
     class Full:
@@ -276,11 +275,14 @@ def test_enospc_on_write_during_a_download_rolls_back_cleanly(driver: Driver) ->
             self.handle.flush()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError, match="No space left"), driver.open_for_write("img-a") as handle:
+    with (
+        pytest.raises(OSError, match="No space left"),
+        driver.open_for_write(uid("img-a")) as handle,
+    ):
         Full(handle).write(b"q" * 100)
-    assert Path(driver.get_image_filepath("img-a")).read_bytes() == b"x" * 50
+    assert Path(driver.get_image_filepath(uid("img-a"))).read_bytes() == b"x" * 50
     assert rows(driver) == good_rows
-    assert (Path(driver.base_dir) / "invalid" / "img-a").stat().st_size == 10
+    assert (Path(driver.base_dir) / "invalid" / uid("img-a")).stat().st_size == 10
     assert run_clean(driver, CleanPolicy(settle_time=0)).invalid_removed == 1
 
 
@@ -329,8 +331,8 @@ def test_sqlite_io_error_during_prune_leaves_phantoms_never_orphans(driver: Driv
     populate(driver, 5)
     with sqlite_fault("DELETE"), pytest.raises(DatabaseError, match="disk I/O error"):
         run_prune(driver, PrunePolicy(max_size=3000, batch_pause=0), pause=no_pause)
-    assert set(driver.scan_base().images) == {"img-2", "img-3", "img-4"}
-    assert set(rows(driver)) == {f"img-{i}" for i in range(5)}
+    assert set(driver.scan_base().images) == {uid("img-2"), uid("img-3"), uid("img-4")}
+    assert set(rows(driver)) == {uid(f"img-{i}") for i in range(5)}
     result = run_reconcile(driver, ReconcilePolicy(orphan_grace=0))
     assert result.phantoms_removed == 2
     files_and_rows_agree(driver)
@@ -338,7 +340,7 @@ def test_sqlite_io_error_during_prune_leaves_phantoms_never_orphans(driver: Driv
 
 def test_sqlite_io_error_during_reconcile_changes_no_file(driver: Driver) -> None:
     populate(driver, 2)
-    write_file(Path(driver.base_dir) / "orphan-1", 10, age=DAY)
+    write_file(Path(driver.base_dir) / uid("orphan-1"), 10, age=DAY)
     before = data_state(driver.base_dir)
     with sqlite_fault("INSERT"), pytest.raises(DatabaseError, match="disk I/O error"):
         run_reconcile(driver, ReconcilePolicy(orphan_grace=0))
@@ -379,13 +381,13 @@ def test_immutable_database_is_database_read_only_everywhere(
     driver = Driver(CacheSettings(cache_dir=str(tmp_path / "cache")))
     driver.configure()
     populate(driver, 2)
-    write_file(Path(driver.base_dir) / "orphan-1", 10, age=DAY)
+    write_file(Path(driver.base_dir) / uid("orphan-1"), 10, age=DAY)
     immutable(driver.db_path)
     before = data_state(driver.base_dir)
 
     assert len(driver.list_rows()) == 2
     with pytest.raises(DatabaseReadOnly, match="attempt to write a readonly database"):
-        driver.delete_rows(["img-0"])
+        driver.delete_rows([uid("img-0")])
     code = cli.main(["-c", str(config), "--log-format", "console", "reconcile"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_FAILED
@@ -409,19 +411,19 @@ def test_orphan_vanishing_between_plan_and_execute(driver: Driver, mode: OrphanP
     from glance_cache_agent.maintenance import execute_reconcile, plan_reconcile, take_snapshot
 
     populate(driver, 1)
-    gone = write_file(Path(driver.base_dir) / "orphan-gone", 10, age=DAY)
-    kept = write_file(Path(driver.base_dir) / "orphan-kept", 10, age=DAY)
+    gone = write_file(Path(driver.base_dir) / uid("orphan-gone"), 10, age=DAY)
+    kept = write_file(Path(driver.base_dir) / uid("orphan-kept"), 10, age=DAY)
     policy = ReconcilePolicy(orphan_grace=0, orphans=mode)
     plan = plan_reconcile(take_snapshot(driver), driver.scan_state("queue"), policy)
     gone.unlink()
     result = execute_reconcile(driver, plan)
     assert result.errors == []
-    assert "orphan-gone" not in rows(driver)
+    assert uid("orphan-gone") not in rows(driver)
     if mode is OrphanPolicy.ADOPT:
-        assert result.orphans_adopted == 1 and kept.exists() and "orphan-kept" in rows(driver)
+        assert result.orphans_adopted == 1 and kept.exists() and uid("orphan-kept") in rows(driver)
     else:
         assert result.orphans_removed == 1 and not kept.exists()
-    assert "img-0" in rows(driver) and driver.is_cached("img-0")
+    assert uid("img-0") in rows(driver) and driver.is_cached(uid("img-0"))
 
 
 def test_prune_victims_vanishing_mid_run_do_not_extend_the_eviction(driver: Driver) -> None:
@@ -432,12 +434,12 @@ def test_prune_victims_vanishing_mid_run_do_not_extend_the_eviction(driver: Driv
     populate(driver, 4)
     policy = PrunePolicy(max_size=2000, batch_pause=0)
     plan = plan_prune(take_snapshot(driver), policy)
-    assert [v.image_id for v in plan.victims] == ["img-0", "img-1"]
-    driver.delete_cached_image("img-0")  # as Glance's delete API would
+    assert [v.image_id for v in plan.victims] == [uid("img-0"), uid("img-1")]
+    driver.delete_cached_image(uid("img-0"))  # as Glance's delete API would
     result = execute_prune(driver, plan, policy, pause=no_pause)
-    assert result.images == ["img-1"] and result.skipped_images == ["img-0"]
+    assert result.images == [uid("img-1")] and result.skipped_images == [uid("img-0")]
     assert result.errors == []
-    assert set(driver.scan_base().images) == {"img-2", "img-3"}
+    assert set(driver.scan_base().images) == {uid("img-2"), uid("img-3")}
     files_and_rows_agree(driver)
 
 
@@ -447,7 +449,7 @@ def test_prune_victims_vanishing_mid_run_do_not_extend_the_eviction(driver: Driv
 @pytest.fixture
 def live_download(driver: Driver) -> Iterator[Path]:
     """A real process holding ``incomplete/img-live`` open for writing."""
-    path = Path(driver.base_dir) / "incomplete" / "img-live"
+    path = Path(driver.base_dir) / "incomplete" / uid("img-live")
     proc = start_writer(path)
     yield path
     assert proc.stdin is not None
@@ -460,11 +462,12 @@ def test_forward_jump_through_every_task_never_touches_a_live_download(
 ) -> None:
     """The wall clock leaps 30 days ahead (beyond stall_time, orphan_grace and
     max_idle) while a download is written: clean keeps it, prune and reconcile
-    never look into ``incomplete/``; only really stalled/idle things go, and
-    orphans are adopted (never deleted) under the default policy."""
+    never look into ``incomplete/``; only really stalled things go, prune's
+    idle eviction does not take the step for idleness, and orphans are adopted
+    (never deleted) under the default policy."""
     populate(driver, 2)
-    dead = write_file(Path(driver.base_dir) / "incomplete" / "img-dead", 10)
-    write_file(Path(driver.base_dir) / "orphan-1", 10)  # fresh: inside grace now
+    dead = write_file(Path(driver.base_dir) / "incomplete" / uid("img-dead"), 10)
+    write_file(Path(driver.base_dir) / uid("orphan-1"), 10)  # fresh: inside grace now
     with freeze_time(at(time.time() + 30 * DAY)):
         clean = run_clean(driver, CleanPolicy(stall_time=HOUR, settle_time=0), pause=no_pause)
         recon = run_reconcile(driver, ReconcilePolicy(orphan_grace=600))
@@ -474,8 +477,9 @@ def test_forward_jump_through_every_task_never_touches_a_live_download(
     assert live_download.exists() and live_download.stat().st_size == 4096
     assert not dead.exists() and (clean.stalled_removed, clean.skipped_active) == (1, 1)
     assert recon.orphans_adopted == 1 and recon.orphans_removed == 0
-    # every row looks idle now: prune evicts by max_idle, which is what max_idle means
-    assert prune.trigger == "idle" and set(prune.images) == {"img-0", "img-1", "orphan-1"}
+    # every row looks idle by the wall clock, but nothing was read for 30 days:
+    # idle time stops at the newest read (tests/test_clock_jumps.py), so nothing goes
+    assert prune.trigger is None and prune.images == []
     files_and_rows_agree(driver)
 
 
@@ -485,12 +489,12 @@ def test_backward_jump_never_makes_fresh_things_look_old(driver: Driver) -> None
     future mtimes, and nothing at all is deleted or adopted."""
     populate(driver, 2)
     base = Path(driver.base_dir)
-    write_file(base / "incomplete" / "img-new", 10)
-    write_file(base / "invalid" / "img-bad", 10)
-    write_file(base / "orphan-1", 10)
+    write_file(base / "incomplete" / uid("img-new"), 10)
+    write_file(base / "invalid" / uid("img-bad"), 10)
+    write_file(base / uid("orphan-1"), 10)
     # a file Glance is downloading right now, its mtime set by the (correct) kernel clock
     future = time.time() + HOUR
-    os.utime(base / "incomplete" / "img-new", (future, future))
+    os.utime(base / "incomplete" / uid("img-new"), (future, future))
     before = data_state(driver.base_dir), rows(driver)
     with freeze_time(at(time.time() - 30 * DAY)):
         clean = run_clean(
@@ -626,14 +630,14 @@ def test_daemon_survives_the_db_locked_beyond_the_busy_timeout(
             ),
         )
         assert daemon.health()[0] == 503
-        assert set(cache.scan_base().images) == {"img-0", "img-1", "img-2"}
+        assert set(cache.scan_base().images) == {uid("img-0"), uid("img-1"), uid("img-2")}
 
         holder.execute("ROLLBACK")
         start = daemon.log_index()
         done = daemon.wait_log("task finished", start=start, task="prune")
         assert done["pruned_images"] == 1  # img-0, the LRU one: 3000 B down to 2000 B
         wait_until("/healthz 200", lambda: daemon.health()[0] == 200)
-        assert set(cache.scan_base().images) == {"img-1", "img-2"}
+        assert set(cache.scan_base().images) == {uid("img-1"), uid("img-2")}
         files_and_rows_agree(cache)
         assert daemon.proc.poll() is None
     finally:

@@ -49,7 +49,7 @@ from glance_cache_agent.maintenance import (
     run_prune,
     run_reconcile,
 )
-from tests.conftest import cache_image, rows, set_row, write_file
+from tests.conftest import cache_image, rows, set_row, uid, write_file
 
 DAY = 86400
 DEADLINE = 20.0
@@ -118,22 +118,23 @@ def test_symlinks_outside_survive_every_maintenance_run(
     outside = tmp_path / "outside"
     targets = {name: write_file(outside / name, 7000, age=10 * DAY) for name in "abcdef"}
     links = {
-        "a": base / "img-link",  # no row: looks like an orphan
-        "b": base / "img-row",  # with a row: looks like a cached image
-        "c": base / "queue" / "img-q",
-        "d": base / "invalid" / "img-i",
-        "e": base / "incomplete" / "img-s",
+        "a": base / uid("img-link"),  # no row: looks like an orphan
+        "b": base / uid("img-row"),  # with a row: looks like a cached image
+        "c": base / "queue" / uid("img-q"),
+        "d": base / "invalid" / uid("img-i"),
+        "e": base / "incomplete" / uid("img-s"),
     }
     for key, link in links.items():
         link.symlink_to(targets[key])
         os.utime(link, (time.time() - 10 * DAY,) * 2, follow_symlinks=False)
-    (base / "img-dirlink").symlink_to(outside, target_is_directory=True)
-    cache_image(driver, "img-real", 10)
-    cache_image(driver, "img-row-target", 10)
+    (base / uid("img-dirlink")).symlink_to(outside, target_is_directory=True)
+    cache_image(driver, uid("img-real"), 10)
+    cache_image(driver, uid("img-row-target"), 10)
     with driver.db.writing() as conn:  # a row for the link, as if Glance had cached it
         conn.execute(
             "INSERT INTO cached_images (image_id, last_accessed, last_modified, size, hits)"
-            " VALUES ('img-row', 0, 0, 7000, 0)"
+            " VALUES (?, 0, 0, 7000, 0)",
+            (uid("img-row"),),
         )
     assert driver.get_cache_size() == 20
     state = compute_cache_state(driver, 10**9, per_image_limit=0)
@@ -143,7 +144,7 @@ def test_symlinks_outside_survive_every_maintenance_run(
 
     for link in links.values():
         assert link.is_symlink(), link
-    assert (base / "img-dirlink").is_symlink()
+    assert (base / uid("img-dirlink")).is_symlink()
     for target in targets.values():
         assert target.read_bytes() == b"y" * 7000
     assert sorted(os.listdir(outside)) == sorted(targets)
@@ -151,17 +152,17 @@ def test_symlinks_outside_survive_every_maintenance_run(
         assert result.errors == []
     clean, _recon, prune = results
     assert clean.invalid_removed == clean.stalled_removed == 0
-    assert "img-row" not in prune.images and prune.pruned_bytes == 20
+    assert uid("img-row") not in prune.images and prune.pruned_bytes == 20
     # a row whose "file" is a symlink is kept: the name is taken, not by an image
-    assert "img-row" in rows(driver)
+    assert uid("img-row") in rows(driver)
 
 
 def test_cli_delete_all_cached_and_status_with_symlinks(driver: Driver, tmp_path: Path) -> None:
     base = Path(driver.base_dir)
     target = write_file(tmp_path / "outside" / "precious", 5000)
-    (base / "img-link").symlink_to(target)
-    (base / "invalid" / "img-i").symlink_to(target)
-    cache_image(driver, "img-real", 10)
+    (base / uid("img-link")).symlink_to(target)
+    (base / "invalid" / uid("img-i")).symlink_to(target)
+    cache_image(driver, uid("img-real"), 10)
     config = tmp_path / "agent.yaml"
     config.write_text(f"cache:\n  dir: {base}\nagent:\n  runtime_dir: {tmp_path / 'run'}\n")
 
@@ -179,7 +180,7 @@ def test_cli_delete_all_cached_and_status_with_symlinks(driver: Driver, tmp_path
     assert '"size_bytes": 10' in status.stdout
     proc = cli("delete-all-cached", "--yes")
     assert (proc.returncode, proc.stdout.strip()) == (0, "deleted 1 cached images"), proc.stderr
-    assert (base / "img-link").is_symlink() and (base / "invalid" / "img-i").is_symlink()
+    assert (base / uid("img-link")).is_symlink() and (base / "invalid" / uid("img-i")).is_symlink()
     assert target.read_bytes() == b"y" * 5000
 
 
@@ -196,7 +197,7 @@ def test_dirs_and_fifos_named_like_images_in_every_state_dir(
     base = Path(driver.base_dir)
     planted = []
     for where in (base, base / "incomplete", base / "invalid", base / "queue"):
-        directory, fifo = where / "img-dir", where / "img-fifo"
+        directory, fifo = where / uid("img-dir"), where / uid("img-fifo")
         directory.mkdir()
         (directory / "inner").write_bytes(b"d" * 100)
         os.mkfifo(fifo)
@@ -204,28 +205,28 @@ def test_dirs_and_fifos_named_like_images_in_every_state_dir(
             os.utime(path, (time.time() - 10 * DAY,) * 2)
         planted += [directory, fifo]
     with driver.db.writing() as conn:
-        for name in ("img-dir", "img-fifo"):
+        for name in (uid("img-dir"), uid("img-fifo")):
             conn.execute(
                 "INSERT INTO cached_images (image_id, last_accessed, size) VALUES (?, 0, 100)",
                 (name,),
             )
-    cache_image(driver, "img-real", 10)
-    set_row(driver, "img-real", last_accessed=0)
-    write_file(base / "invalid" / "img-bad", 10)
-    write_file(base / "incomplete" / "img-stalled", 10, age=DAY)
+    cache_image(driver, uid("img-real"), 10)
+    set_row(driver, uid("img-real"), last_accessed=0)
+    write_file(base / "invalid" / uid("img-bad"), 10)
+    write_file(base / "incomplete" / uid("img-stalled"), 10, age=DAY)
 
     results = all_maintenance(driver, mode)
 
     for path in planted:
         assert os.path.lexists(path), path
     for where in (base, base / "incomplete", base / "invalid", base / "queue"):
-        assert (where / "img-dir" / "inner").read_bytes() == b"d" * 100
+        assert (where / uid("img-dir") / "inner").read_bytes() == b"d" * 100
     clean, recon, prune = results
     assert (clean.invalid_removed, clean.stalled_removed) == (1, 1)
-    assert prune.images == ["img-real"]
+    assert prune.images == [uid("img-real")]
     assert recon.errors == clean.errors == prune.errors == []
     # their rows are not phantoms: the name exists, just not as an image file
-    assert set(rows(driver)) == {"img-dir", "img-fifo"}
+    assert set(rows(driver)) == {uid("img-dir"), uid("img-fifo")}
 
 
 # ----------------------------------------------------- system dirs, CLI-level
@@ -381,7 +382,7 @@ def views(draw: st.DrawFn) -> tuple[LazyView, PrunePolicy]:
     accessed = sorted(draw(st.lists(st.integers(0, 100), min_size=n, max_size=n)))
     candidates = []
     for i, (size, last) in enumerate(zip(sizes, accessed, strict=True)):
-        image_id = f"img-{i:03d}"
+        image_id = uid(f"img-{i:03d}")
         row = CachedRow(image_id, float(last), float(last), size, draw(st.integers(0, 3)))
         info = FileInfo(image_id, f"/c/{image_id}", size, last, last, last, i + 1, 1)
         candidates.append((row, info))
@@ -472,7 +473,7 @@ def test_planner_terminates_on_a_huge_lazy_candidate_stream() -> None:
             for i in range(10**7):
                 self.pulled += 1
                 size = 1000 if i % 1000 == 999 else 0
-                key = f"img-{i:08d}"
+                key = uid(f"img-{i:08d}")
                 yield (
                     CachedRow(key, float(i), float(i), size, 0),
                     FileInfo(key, "/c/" + key, size, i, i, i, i + 1, 1),
@@ -498,8 +499,8 @@ def test_state_dir_replaced_by_a_symlink_is_never_followed(
     the fix, clean deleted every file in the target of ``invalid/``.)"""
     base = Path(driver.base_dir)
     outside = tmp_path / "outside"
-    precious = [write_file(outside / f"img-{i}", 100, age=10 * DAY) for i in range(3)]
-    cache_image(driver, "img-0", 10)  # so a queue entry of the same name looks stale
+    precious = [write_file(outside / uid(f"img-{i}"), 100, age=10 * DAY) for i in range(3)]
+    cache_image(driver, uid("img-0"), 10)  # so a queue entry of the same name looks stale
     os.rmdir(base / state)
     (base / state).symlink_to(outside, target_is_directory=True)
 

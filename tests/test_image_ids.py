@@ -2,7 +2,8 @@
 
 Ids become file names (``<base>/<id>``, ``<base>/<state>/<id>``), so a bad id
 must be refused with ``InvalidImageId`` before anything touches the disk.
-Differs from Glance: Glance accepts any ``str()``-able id as a file name.
+Differs from Glance: Glance accepts any ``str()``-able id as a file name; we
+accept only what Glance issues, a UUID (8-4-4-4-12 hex digits, either case).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from glance_cache_agent.driver import (
     DriverError,
     InvalidImageId,
     image_id_problem,
-    is_image_id_syntax,
     is_uuid,
     validate_image_id,
 )
-from tests.conftest import cache_image, rows
+from tests.conftest import cache_image, rows, uid
+
+U = "3f1e8b6a-9c2d-4e5f-8a7b-1c2d3e4f5a6b"
 
 # (bad id, substring the error message must contain)
 BAD_IDS: list[tuple[object, str]] = [
@@ -55,6 +57,22 @@ BAD_IDS: list[tuple[object, str]] = [
     ("img a", "' '"),
     ("-leading-dash", "must start with a letter or digit"),
     ("_leading_underscore", "must start with a letter or digit"),
+    # id-shaped names Glance never issues: an operator's files, state dirs, ints
+    ("README", "not a UUID"),
+    ("backup", "not a UUID"),
+    ("incomplete", "not a UUID"),
+    ("invalid", "not a UUID"),
+    ("queue", "not a UUID"),
+    ("img-a", "not a UUID"),
+    ("fake-image-id", "not a UUID"),
+    ("7", "not a UUID"),
+    (7, "not a UUID"),
+    ("x" * 255, "not a UUID"),
+    (U.replace("-", ""), "not a UUID"),  # dashes are required
+    (U[:-1], "not a UUID"),
+    (U + "0", "not a UUID"),
+    (U[:-1] + "g", "not a UUID"),
+    ("{" + U + "}", "'{'"),
     (None, "not NoneType"),
     (1.5, "not float"),
     (b"x", "not bytes"),
@@ -63,15 +81,10 @@ BAD_IDS: list[tuple[object, str]] = [
 ]
 
 GOOD_IDS: list[tuple[object, str]] = [
-    ("3f1e8b6a-9c2d-4e5f-8a7b-1c2d3e4f5a6b", "3f1e8b6a-9c2d-4e5f-8a7b-1c2d3e4f5a6b"),
-    ("3f1e8b6a9c2d4e5f8a7b1c2d3e4f5a6b", "3f1e8b6a9c2d4e5f8a7b1c2d3e4f5a6b"),
-    ("7", "7"),
-    (7, "7"),
-    (0, "0"),
-    ("img-a", "img-a"),
-    ("a_b", "a_b"),
-    ("fake-image-id", "fake-image-id"),
-    ("x" * 255, "x" * 255),
+    (U, U),
+    (U.upper(), U.upper()),  # either hex case (Glance itself writes lowercase)
+    ("00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000000"),
+    (uid("img-a"), uid("img-a")),
 ]
 
 
@@ -120,9 +133,11 @@ def test_good_ids_are_accepted(driver: Driver, good: object, on_disk: str) -> No
 
 
 def test_reserved_names_only_apply_when_given() -> None:
-    # The module function knows no cache: lock-file names are ordinary ids there.
-    assert validate_image_id("image_cache_db_init") == "image_cache_db_init"
-    layout = CacheLayout.create("/tmp/somewhere")
+    # The module function knows no cache: a UUID-named database is an ordinary id there.
+    assert validate_image_id(U) == U
+    layout = CacheLayout.create("/tmp/somewhere", U)
+    with pytest.raises(InvalidImageId, match="reserved"):
+        validate_image_id(U, layout.reserved_names)
     with pytest.raises(InvalidImageId, match="reserved"):
         validate_image_id("image_cache_db_init", layout.reserved_names)
 
@@ -141,26 +156,37 @@ def test_db_name_without_a_dot_and_its_side_files_are_reserved(
     assert "cachedb" not in outside.reserved_names
 
 
-def test_s14_integer_id_is_stored_as_text(driver: Driver) -> None:
-    """s14: cache(7) -> file B/7, row image_id '7' (TEXT), is_cached('7')."""
-    path = cache_image(driver, 7, size=10)  # type: ignore[arg-type]
-    assert path == Path(driver.base_dir) / "7"
-    assert path.is_file()
-    assert driver.is_cached("7") and driver.is_cached(7)
-    assert set(rows(driver)) == {"7"}
+def test_s14_integer_id_is_refused(driver: Driver, cache_dir: Path) -> None:
+    """s14, differs from Glance: cache(7) writes B/7 there; Glance only issues
+    UUIDs, so we refuse 7 and '7' before anything touches the disk."""
+    before = _tree(cache_dir)
+    for bad in (7, "7"):
+        with pytest.raises(InvalidImageId, match="not a UUID"):
+            cache_image(driver, bad, size=10)  # type: ignore[arg-type]
+        with pytest.raises(InvalidImageId, match="not a UUID"):
+            driver.is_cached(bad)
+    assert _tree(cache_dir) == before
+    assert rows(driver) == {}
+
+
+def test_a_uuid_is_stored_as_text_exactly_as_given(driver: Driver) -> None:
+    """An upper-case UUID is an image too; its file and row keep its spelling."""
+    path = cache_image(driver, U.upper(), size=10)
+    assert path == Path(driver.base_dir) / U.upper()
+    assert driver.is_cached(U.upper()) and driver.get_image_size(U.upper()) == 10
+    assert set(rows(driver)) == {U.upper()}
     with sqlite3.connect(driver.db_path) as conn:
         assert conn.execute("SELECT typeof(image_id) FROM cached_images").fetchall() == [("text",)]
-    assert driver.get_hit_count(7) == 0
-    assert driver.get_image_size(7) == 10
 
 
 def test_is_uuid() -> None:
     u = str(uuid.uuid4())
     assert is_uuid(u)
-    assert is_uuid(u.replace("-", ""))
     assert is_uuid(u.upper())
+    assert not is_uuid(u.replace("-", ""))  # Glance's ids always have their dashes
     assert not is_uuid("img-a")
     assert not is_uuid(u + "0")
+    assert not is_uuid(u + "\n")
     assert not is_uuid("image_cache_db_init")
 
 
@@ -212,6 +238,10 @@ TRAVERSAL_IDS = [
     "cache.db",
     "image_cache_db_init",
     "cache.db-journal",
+    "README",
+    "queue",
+    "incomplete",
+    7,
     None,
     1.5,
     b"x",
@@ -224,7 +254,7 @@ def test_every_method_taking_an_id_refuses_a_bad_one_before_touching_disk(
     driver: Driver, tmp_path: Path, method: tuple[str, Callable[[Driver, object], Any]]
 ) -> None:
     """Nothing under tmp_path (the cache and its parent) changes; no path is built."""
-    cache_image(driver, "keep", size=5)
+    cache_image(driver, uid("keep"), size=5)
     (tmp_path / "escape").write_bytes(b"outside")
     before_tree = _tree(tmp_path)
     before_rows = rows(driver)
@@ -247,7 +277,14 @@ def test_every_method_taking_an_id_refuses_a_bad_one_before_touching_disk(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    st.one_of(st.text(max_size=300), st.integers(), st.binary(max_size=5), st.none(), st.floats())
+    st.one_of(
+        st.text(max_size=300),
+        st.integers(),
+        st.binary(max_size=5),
+        st.none(),
+        st.floats(),
+        st.uuids().map(str),
+    )
 )
 def test_accepted_ids_are_always_one_safe_path_component(candidate: object) -> None:
     base = "/srv/cache"
@@ -257,9 +294,9 @@ def test_accepted_ids_are_always_one_safe_path_component(candidate: object) -> N
     except InvalidImageId as exc:
         assert exc.reason  # a refusal always says why
         return
-    assert isinstance(candidate, (str, int)) and not isinstance(candidate, bool)
-    assert name == str(candidate)
-    assert 1 <= len(name) <= 255
+    assert isinstance(candidate, str)
+    assert name == candidate and is_uuid(name)
+    assert len(name) == 36
     assert not name.startswith(".")
     assert "/" not in name and "\\" not in name and "\x00" not in name
     for state in ("active", "incomplete", "invalid", "queue"):
@@ -270,19 +307,35 @@ def test_accepted_ids_are_always_one_safe_path_component(candidate: object) -> N
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}", fullmatch=True))
-def test_every_id_of_the_documented_alphabet_is_accepted(name: str) -> None:
+@given(st.uuids(), st.booleans())
+def test_every_uuid_is_accepted_in_either_case(value: uuid.UUID, upper: bool) -> None:
+    name = str(value).upper() if upper else str(value)
     layout = CacheLayout.create("/srv/cache")
-    if name in layout.reserved_names:
-        with pytest.raises(InvalidImageId, match="reserved"):
-            validate_image_id(name, layout.reserved_names)
-    else:
-        assert validate_image_id(name, layout.reserved_names) == name
+    assert validate_image_id(name, layout.reserved_names) == name
+    assert layout.classify(name).value == "image"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}", fullmatch=True))
+def test_every_other_name_of_the_old_alphabet_is_refused(name: str) -> None:
+    """Names the agent once took for ids (``README``, ``7``) are refused and foreign."""
+    layout = CacheLayout.create("/srv/cache")
+    if is_uuid(name):
+        return
+    reason = "reserved" if name in layout.reserved_names else "not a UUID"
+    with pytest.raises(InvalidImageId, match=reason):
+        validate_image_id(name, layout.reserved_names)
+    assert layout.classify(name).value != "image"
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(max_size=300) | st.from_regex(r"[A-Za-z0-9._-]{0,260}", fullmatch=True))
+@given(
+    st.text(max_size=300)
+    | st.from_regex(r"[A-Za-z0-9._-]{0,260}", fullmatch=True)
+    | st.from_regex(r"[0-9a-fA-F-]{34,38}", fullmatch=True)
+    | st.uuids().map(str)
+)
 def test_fast_syntax_check_agrees_with_the_full_validator(name: str) -> None:
     """Directory scans use the one-regex check; it must accept exactly what
     validate_image_id accepts (reserved names aside)."""
-    assert is_image_id_syntax(name) == (image_id_problem(name) is None)
+    assert is_uuid(name) == (image_id_problem(name) is None)

@@ -25,7 +25,7 @@ from glance_cache_agent.maintenance import (
     run_prune,
     run_reconcile,
 )
-from tests.conftest import cache_image, full_state, write_file
+from tests.conftest import cache_image, full_state, uid, write_file
 
 KIB = 1024
 DAY = 86400
@@ -102,13 +102,13 @@ def lock_is_held(path: Path) -> bool:
 
 def messy_cache(driver: Driver) -> None:
     """Something for every operation to do."""
-    for image_id in ("img-a", "img-b", "img-c"):
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c")):
         cache_image(driver, image_id, KIB)
-    Path(driver.base_dir, "img-c").unlink()  # phantom
+    Path(driver.base_dir, uid("img-c")).unlink()  # phantom
     orphan = write_file(Path(driver.base_dir) / ORPHAN, 500)
     os.utime(orphan, (1_600_000_000, 1_600_000_000))
-    write_file(Path(driver.base_dir) / "invalid" / "img-i", 100)
-    write_file(Path(driver.base_dir) / "incomplete" / "img-s", 100, age=2 * DAY)
+    write_file(Path(driver.base_dir) / "invalid" / uid("img-i"), 100)
+    write_file(Path(driver.base_dir) / "incomplete" / uid("img-s"), 100, age=2 * DAY)
     for name in ("glance-cache-prune", "glance-cache-clean"):
         Path(driver.base_dir, name).touch()
 
@@ -194,7 +194,7 @@ def test_prune_and_clean_do_not_take_each_others_lock(
 
 
 def test_prune_holds_lockf_while_it_evicts(driver: Driver) -> None:
-    for image_id in ("img-a", "img-b", "img-c"):
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c")):
         cache_image(driver, image_id, KIB)
     lock = Path(driver.base_dir, "glance-cache-prune")
     seen: list[bool] = []
@@ -211,7 +211,7 @@ def test_prune_holds_lockf_while_it_evicts(driver: Driver) -> None:
 
 
 def test_clean_holds_lockf_while_it_cleans(driver: Driver) -> None:
-    write_file(Path(driver.base_dir) / "incomplete" / "img-s", 100, age=2 * DAY)
+    write_file(Path(driver.base_dir) / "incomplete" / uid("img-s"), 100, age=2 * DAY)
     lock = Path(driver.base_dir, "glance-cache-clean")
     seen: list[bool] = []
 

@@ -243,7 +243,8 @@ def test_scrape_over_http_matches_the_driver(driver: Driver, agent: AgentMetrics
     assert v("phantom_rows") == expected.phantoms
     assert v("untracked_bytes") == expected.untracked
     assert v("filesystem_free_bytes") > 0
-    assert v("hits_total") == driver.total_hits() == expected.hits
+    assert driver.total_hits() == expected.hits
+    assert v("hits_total") == 0  # counts from the agent's start, not the rows' history
     assert v("image_hits_total", image_id=uid(2)) == driver.get_hit_count(uid(2)) == 9
     assert v("image_hits_total", image_id=uid(3)) == 9
     assert v("image_size_bytes", image_id=uid(2)) == driver.get_image_size(uid(2))
@@ -277,44 +278,39 @@ def hits_total(registry: CollectorRegistry) -> float:
     return value(scrape(registry), "glance_cache_hits_total")
 
 
-def test_hits_total_is_monotonic_across_an_eviction(driver: Driver, agent: AgentMetrics) -> None:
+def test_hits_total_counts_from_start_and_never_drops_across_evictions(
+    driver: Driver, agent: AgentMetrics
+) -> None:
     populate_cache(driver)
     collector = ProbedCollector(driver)
     registry = build_registry(agent, collector, process=False)
     collector.refresh()
-    assert hits_total(registry) == 30
+    assert hits_total(registry) == 0  # the 30 hits in the rows happened before the start
 
-    # a real prune evicts the least recently accessed image (uid 1, 5 hits)
+    set_row(driver, uid(1), hits=8)  # three hits (last_accessed kept: still the LRU)
+    collector.refresh()
+    assert hits_total(registry) == 3
+
+    # a real prune evicts the least recently accessed image (uid 1, 8 hits)
     policy = PrunePolicy(max_size=driver.get_cache_size() - 1000, batch_pause=0)
     result = run_prune(driver, policy, lock_timeout=5)
-    assert result.images == [uid(1)] and result.hits_evicted == 5
-    agent.observe_task("prune", "scheduled", 0.1, result)
+    assert result.images == [uid(1)] and result.hits_evicted == 8
     collector.refresh()
-    assert driver.total_hits() == 25
-    assert hits_total(registry) == 30  # 25 in the rows + 5 evicted
+    assert hits_total(registry) == 3
 
     read_image(driver, uid(4))
     collector.refresh()
-    assert hits_total(registry) == 31
+    assert hits_total(registry) == 4
 
-    # removed behind the agent's back: the counter holds, it never decreases
-    driver.delete_cached_image(uid(2))
+    # removed behind the agent's back, then cached again and read twice
+    driver.delete_cached_image(uid(3))
     collector.refresh()
-    assert driver.total_hits() == 17
-    assert hits_total(registry) == 31
-
-
-def test_hits_removed_is_read_before_the_snapshot(driver: Driver, agent: AgentMetrics) -> None:
-    """An eviction recorded while a refresh runs is counted late, never twice."""
-    populate_cache(driver)
-
-    def prune_finishes() -> None:  # after the snapshot read uid 1's row
-        agent.observe_task("prune", "scheduled", 0.1, PruneResult(False, hits_evicted=5))
-
-    collector = ProbedCollector(driver, after=prune_finishes)
-    registry = build_registry(agent, collector, process=False)
+    assert hits_total(registry) == 4
+    cache_image(driver, uid(3), 3000)
+    read_image(driver, uid(3))
+    read_image(driver, uid(3))
     collector.refresh()
-    assert hits_total(registry) == 30  # not 35
+    assert hits_total(registry) == 6
 
 
 # ------------------------------------------------ staleness and refreshing
@@ -513,7 +509,6 @@ def test_observe_task_counts_runs_failures_and_removals(
     assert removed == {"invalid": 2, "stalled": 1, "orphan": 4, "pruned": 3}
     assert value(samples, "glance_cache_pruned_images_total") == 3  # the dry run counts nothing
     assert value(samples, "glance_cache_pruned_bytes_total") == 300
-    assert agent.hits_removed() == 12
     assert agent.failed_tasks() == {}
 
     frozen.tick(60)  # type: ignore[attr-defined]
@@ -544,7 +539,6 @@ def test_observe_task_is_thread_safe(agent: AgentMetrics) -> None:
     registry = CollectorRegistry()
     registry.register(agent)
     assert value(scrape(registry), "glance_cache_task_runs_total", task="prune") == 1600
-    assert agent.hits_removed() == 1600
 
 
 def no_driver() -> Driver:
@@ -568,7 +562,10 @@ def test_scrape_cost_does_not_depend_on_the_number_of_images() -> None:
             queue_oldest_timestamp=None,
             orphan_files=0,
             phantom_rows=0,
+            invalid_rows=0,
             untracked_bytes=0,
+            foreign_files=0,
+            foreign_names=(),
             filesystem_free_bytes=0,
             hits=images,
             top_images=top,

@@ -38,6 +38,7 @@ from tests.conftest import (
     read_image,
     rows,
     set_row,
+    uid,
     write_file,
 )
 
@@ -86,7 +87,7 @@ def populate(driver: Driver, names: list[str], size: int = KIB) -> None:
 
 
 def test_s41_at_the_limit_nothing_happens(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    populate(driver, ["img-a", "img-b"])
+    populate(driver, [uid("img-a"), uid("img-b")])
     before = full_state(driver)
 
     result = run_prune(driver, PrunePolicy(max_size=2048), pause=no_pause)
@@ -102,70 +103,70 @@ def test_s41_at_the_limit_nothing_happens(driver: Driver, clock: FrozenDateTimeF
 def test_s41_one_byte_over_evicts_the_least_recently_accessed(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    populate(driver, ["img-b", "img-a"])  # b cached first: least recently accessed
+    populate(driver, [uid("img-b"), uid("img-a")])  # b cached first: least recently accessed
 
     result = run_prune(driver, PrunePolicy(max_size=2047), pause=no_pause)
 
     assert (result.pruned_images, result.pruned_bytes) == (1, 1024)
-    assert result.images == ["img-b"]
-    assert image_names(driver) == {"img-a"}
-    assert set(rows(driver)) == {"img-a"}
+    assert result.images == [uid("img-b")]
+    assert image_names(driver) == {uid("img-a")}
+    assert set(rows(driver)) == {uid("img-a")}
     assert (result.trigger, result.stopped_by) == ("size", "target_reached")
 
 
 def test_s42_canonical_lru(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    ids = [str(i) for i in range(10)]
+    ids = [uid(str(i)) for i in range(10)]
     populate(driver, ids)
     for image_id in ids:
         read_image(driver, image_id)
-    cache_image(driver, "99", KIB)
+    cache_image(driver, uid("99"), KIB)
     assert driver.get_cache_size() == 11 * KIB
 
     result = run_prune(driver, PrunePolicy(max_size=5120), pause=no_pause)
 
     assert (result.pruned_images, result.pruned_bytes) == (6, 6144)
-    assert result.images == ["0", "1", "2", "3", "4", "5"]
+    assert result.images == [uid("0"), uid("1"), uid("2"), uid("3"), uid("4"), uid("5")]
     assert driver.get_cache_size() == 5120 == result.size_after
     assert result.size_before == 11 * KIB
-    assert image_names(driver) == {"6", "7", "8", "9", "99"}
-    assert set(rows(driver)) == {"6", "7", "8", "9", "99"}
+    assert image_names(driver) == {uid("6"), uid("7"), uid("8"), uid("9"), uid("99")}
+    assert set(rows(driver)) == {uid("6"), uid("7"), uid("8"), uid("9"), uid("99")}
     assert result.target_bytes == 5120
 
 
 def test_s43_prune_to_zero(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    cache_image(driver, "xxx", KIB)
-    read_image(driver, "xxx")
+    cache_image(driver, uid("xxx"), KIB)
+    read_image(driver, uid("xxx"))
 
     result = run_prune(driver, PrunePolicy(max_size=0), pause=no_pause)
 
-    assert result.images == ["xxx"]
+    assert result.images == [uid("xxx")]
     assert driver.get_cache_size() == 0
     assert rows(driver) == {}
     assert (result.target_bytes, result.size_after, result.stopped_by) == (0, 0, "target_reached")
 
 
 def test_s44_hits_are_ignored(driver: Driver) -> None:
-    populate(driver, ["img-a", "img-b"])
-    set_row(driver, "img-a", hits=100, last_accessed=T0 - 100)
-    set_row(driver, "img-b", hits=0, last_accessed=T0 - 10)
+    populate(driver, [uid("img-a"), uid("img-b")])
+    set_row(driver, uid("img-a"), hits=100, last_accessed=T0 - 100)
+    set_row(driver, uid("img-b"), hits=0, last_accessed=T0 - 10)
 
     result = run_prune(driver, PrunePolicy(max_size=KIB), pause=no_pause)
 
-    assert result.images == ["img-a"]
-    assert image_names(driver) == {"img-b"}
+    assert result.images == [uid("img-a")]
+    assert image_names(driver) == {uid("img-b")}
 
 
 def test_s45_equal_timestamps_break_ties_by_image_id(driver: Driver) -> None:
     """Differs from Glance: Glance's order among equal ``last_accessed`` is
     unspecified; ours is by image id ascending."""
-    populate(driver, ["img-c", "img-a", "img-b"])
-    for image_id in ("img-a", "img-b", "img-c"):
+    populate(driver, [uid("img-c"), uid("img-a"), uid("img-b")])
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c")):
         set_row(driver, image_id, last_accessed=T0)
 
     result = run_prune(driver, PrunePolicy(max_size=KIB), pause=no_pause)
 
-    assert result.images == ["img-a", "img-b"]
-    assert image_names(driver) == {"img-c"}
+    assert result.images == [uid("img-a"), uid("img-b")]
+    assert image_names(driver) == {uid("img-c")}
 
 
 def test_s46_phantom_rows_not_pruned_then_removed_by_reconcile(
@@ -174,26 +175,26 @@ def test_s46_phantom_rows_not_pruned_then_removed_by_reconcile(
     """Differs from Glance: Glance "prunes" the phantom row 'a' at 0 bytes and
     returns (2, 1024); ours ignores phantom rows (they hold no bytes) and
     leaves them to reconcile, which reports them separately."""
-    populate(driver, ["a", "b", "c"])
-    base(driver, "a").unlink()
+    populate(driver, [uid("a"), uid("b"), uid("c")])
+    base(driver, uid("a")).unlink()
 
     result = run_prune(driver, PrunePolicy(max_size=KIB), pause=no_pause)
 
     assert (result.pruned_images, result.pruned_bytes) == (1, 1024)
-    assert result.images == ["b"]
-    assert image_names(driver) == {"c"}
-    assert set(rows(driver)) == {"a", "c"}  # the phantom is left alone
+    assert result.images == [uid("b")]
+    assert image_names(driver) == {uid("c")}
+    assert set(rows(driver)) == {uid("a"), uid("c")}  # the phantom is left alone
 
     rec = run_reconcile(driver, ReconcilePolicy())
-    assert rec.phantoms_removed == 1 and rec.phantoms == ["a"]
-    assert set(rows(driver)) == {"c"}
+    assert rec.phantoms_removed == 1 and rec.phantoms == [uid("a")]
+    assert set(rows(driver)) == {uid("c")}
 
 
 def test_s47_orphan_larger_than_the_limit(driver: Driver, clock: FrozenDateTimeFactory) -> None:
     """Differs from Glance: Glance evicts both tracked images and still ends
     over the limit, returning (2, 2048); ours evicts nothing for size and
     reports the untracked bytes."""
-    populate(driver, ["img-a", "img-b"])
+    populate(driver, [uid("img-a"), uid("img-b")])
     orphan = write_file(base(driver, "0b7c3f5e-1111-4222-8333-444455556666"), 3000)
 
     result = run_prune(driver, PrunePolicy(max_size=2000), pause=no_pause)
@@ -204,8 +205,8 @@ def test_s47_orphan_larger_than_the_limit(driver: Driver, clock: FrozenDateTimeF
     assert result.untracked_bytes == 3000
     assert result.size_before == result.size_after == 3000 + 2048
     assert orphan.exists()
-    assert image_names(driver) == {"img-a", "img-b", orphan.name}
-    assert set(rows(driver)) == {"img-a", "img-b"}
+    assert image_names(driver) == {uid("img-a"), uid("img-b"), orphan.name}
+    assert set(rows(driver)) == {uid("img-a"), uid("img-b")}
 
 
 def test_s48_no_rows_but_over_the_limit_terminates(driver: Driver) -> None:
@@ -221,16 +222,16 @@ def test_s48_no_rows_but_over_the_limit_terminates(driver: Driver) -> None:
 
 
 def test_s49_byte_accounting_uses_file_sizes(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    populate(driver, ["img-a"], 1000)
-    populate(driver, ["img-b"], 2000)
-    populate(driver, ["img-c"], 3000)
-    for image_id in ("img-a", "img-b", "img-c"):
+    populate(driver, [uid("img-a")], 1000)
+    populate(driver, [uid("img-b")], 2000)
+    populate(driver, [uid("img-c")], 3000)
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c")):
         set_row(driver, image_id, size=1)  # the row is wrong; the file is the truth
     size_before = driver.get_cache_size()
 
     result = run_prune(driver, PrunePolicy(max_size=3500), pause=no_pause)
 
-    assert result.images == ["img-a", "img-b"]
+    assert result.images == [uid("img-a"), uid("img-b")]
     assert result.pruned_bytes == 3000
     assert result.size_before == size_before == 6000
     assert driver.get_cache_size() == size_before - result.pruned_bytes == result.size_after
@@ -240,7 +241,7 @@ def test_s49_byte_accounting_uses_file_sizes(driver: Driver, clock: FrozenDateTi
 
 
 def test_low_watermark_prunes_to_half(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    names = [f"img-{i}" for i in range(10)]
+    names = [uid(f"img-{i}") for i in range(10)]
     populate(driver, names)
 
     result = run_prune(driver, PrunePolicy(max_size=8 * KIB, low_watermark=0.5), pause=no_pause)
@@ -253,7 +254,7 @@ def test_low_watermark_prunes_to_half(driver: Driver, clock: FrozenDateTimeFacto
 def test_low_watermark_does_not_trigger_below_max_size(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    populate(driver, [f"img-{i}" for i in range(4)])
+    populate(driver, [uid(f"img-{i}") for i in range(4)])
     result = run_prune(driver, PrunePolicy(max_size=8 * KIB, low_watermark=0.5), pause=no_pause)
     assert result.pruned_images == 0
     assert result.stopped_by == "not_triggered"
@@ -263,20 +264,20 @@ def test_low_watermark_does_not_trigger_below_max_size(
 def test_min_free_percent_triggers_prune(driver: Driver, clock: FrozenDateTimeFactory) -> None:
     """100 % free space can never be had: the deficit exceeds the cache, so the
     target is 0 and every image goes, although the size is far below max."""
-    populate(driver, ["img-a", "img-b", "img-c"])
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c")])
 
     result = run_prune(driver, PrunePolicy(max_size=10**12, min_free_percent=100), pause=no_pause)
 
     assert result.trigger == "free_space"
     assert result.target_bytes == 0
-    assert result.images == ["img-a", "img-b", "img-c"]
+    assert result.images == [uid("img-a"), uid("img-b"), uid("img-c")]
     assert image_names(driver) == set()
 
 
 def test_min_free_bytes_larger_than_free_space_triggers_prune(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    populate(driver, ["img-a", "img-b"])
+    populate(driver, [uid("img-a"), uid("img-b")])
     usage = FilesystemUsage.of(driver.base_dir)
 
     result = run_prune(
@@ -290,7 +291,7 @@ def test_min_free_bytes_larger_than_free_space_triggers_prune(
 def test_free_space_target_is_size_minus_deficit(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    names = [f"img-{i}" for i in range(6)]
+    names = [uid(f"img-{i}") for i in range(6)]
     populate(driver, names)
     snap = dataclasses.replace(
         take_snapshot(driver), filesystem=FilesystemUsage(free_bytes=10_000, total_bytes=1_000_000)
@@ -319,25 +320,26 @@ def test_free_space_target_is_size_minus_deficit(
 
 
 def test_max_idle_evicts_idle_images_whatever_the_size(driver: Driver) -> None:
-    populate(driver, ["img-old", "img-week", "img-hot"])
-    set_row(driver, "img-old", last_accessed=T0 - 30 * DAY)
-    set_row(driver, "img-week", last_accessed=T0 - 7 * DAY)
-    set_row(driver, "img-hot", last_accessed=T0 - 3600)
+    populate(driver, [uid("img-old"), uid("img-week"), uid("img-hot")])
+    set_row(driver, uid("img-old"), last_accessed=T0 - 30 * DAY)
+    set_row(driver, uid("img-week"), last_accessed=T0 - 7 * DAY)
+    set_row(driver, uid("img-hot"), last_accessed=T0 - 3600)
 
     with freeze_time(at(T0)):
         result = run_prune(driver, PrunePolicy(max_size=10**12, max_idle=DAY), pause=no_pause)
 
     assert result.trigger == "idle"
-    assert result.images == ["img-old", "img-week"]
+    assert result.images == [uid("img-old"), uid("img-week")]
     assert result.idle_images == 2
-    assert image_names(driver) == {"img-hot"}
-    assert set(rows(driver)) == {"img-hot"}
+    assert image_names(driver) == {uid("img-hot")}
+    assert set(rows(driver)) == {uid("img-hot")}
 
 
 def test_max_idle_and_size_combined(driver: Driver) -> None:
-    populate(driver, ["img-a", "img-b", "img-c", "img-d"])
-    for i, image_id in enumerate(["img-a", "img-b", "img-c", "img-d"]):
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c"), uid("img-d")])
+    for i, image_id in enumerate([uid("img-a"), uid("img-b"), uid("img-c"), uid("img-d")]):
         set_row(driver, image_id, last_accessed=T0 - (10 - i) * DAY)
+    set_row(driver, uid("img-d"), last_accessed=T0 - 3600)  # the cache is in use (idle.py)
 
     with freeze_time(at(T0)):
         # a is idle (> 9.5 days); size wants two out
@@ -345,30 +347,30 @@ def test_max_idle_and_size_combined(driver: Driver) -> None:
             driver, PrunePolicy(max_size=2 * KIB, max_idle=9.5 * DAY), pause=no_pause
         )
 
-    assert result.images == ["img-a", "img-b"]
+    assert result.images == [uid("img-a"), uid("img-b")]
     assert result.idle_images == 1
     assert result.trigger == "size"
 
 
 def test_protected_images_are_never_evicted(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    populate(driver, ["img-gold", "img-a", "img-b"])  # gold is the LRU
+    populate(driver, [uid("img-gold"), uid("img-a"), uid("img-b")])  # gold is the LRU
 
     result = run_prune(
         driver,
-        PrunePolicy(max_size=2 * KIB, protected_images=frozenset({"img-gold"})),
+        PrunePolicy(max_size=2 * KIB, protected_images=frozenset({uid("img-gold")})),
         pause=no_pause,
     )
 
-    assert result.images == ["img-a"]
+    assert result.images == [uid("img-a")]
     assert result.protected_skipped == 1
-    assert "img-gold" in image_names(driver)
+    assert uid("img-gold") in image_names(driver)
 
 
 def test_protected_images_never_evicted_even_missing_the_target(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    populate(driver, ["img-p1", "img-a", "img-p2"])
-    protected = frozenset({"img-p1", "img-p2"})
+    populate(driver, [uid("img-p1"), uid("img-a"), uid("img-p2")])
+    protected = frozenset({uid("img-p1"), uid("img-p2")})
 
     result = run_prune(
         driver,
@@ -376,15 +378,15 @@ def test_protected_images_never_evicted_even_missing_the_target(
         pause=no_pause,
     )
 
-    assert result.images == ["img-a"]
+    assert result.images == [uid("img-a")]
     assert result.stopped_by == "no_candidates"
     assert result.size_after == 2 * KIB > result.target_bytes
-    assert image_names(driver) == {"img-p1", "img-p2"}
+    assert image_names(driver) == {uid("img-p1"), uid("img-p2")}
     assert result.protected_skipped == 2
 
 
 def test_max_images_per_run_bounds_one_run(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    names = [f"img-{i}" for i in range(6)]
+    names = [uid(f"img-{i}") for i in range(6)]
     populate(driver, names)
 
     result = run_prune(driver, PrunePolicy(max_size=KIB, max_images_per_run=2), pause=no_pause)
@@ -398,7 +400,7 @@ def test_max_images_per_run_bounds_one_run(driver: Driver, clock: FrozenDateTime
 
 
 def test_time_budget_bounds_one_run(driver: Driver) -> None:
-    names = [f"img-{i}" for i in range(5)]
+    names = [uid(f"img-{i}") for i in range(5)]
     populate(driver, names)
     with freeze_time(at(T0)) as frozen:
         pauses: list[float] = []
@@ -422,57 +424,57 @@ def test_time_budget_bounds_one_run(driver: Driver) -> None:
 
 
 def test_image_read_after_planning_is_skipped(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    populate(driver, ["img-a", "img-b", "img-c"])
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c")])
     policy = PrunePolicy(max_size=KIB)
     plan = plan_prune(take_snapshot(driver), policy)
-    assert [v.image_id for v in plan.victims] == ["img-a", "img-b"]
+    assert [v.image_id for v in plan.victims] == [uid("img-a"), uid("img-b")]
 
-    read_image(driver, "img-a")  # a glance-api reader gets there first
+    read_image(driver, uid("img-a"))  # a glance-api reader gets there first
     result = execute_prune(driver, plan, policy, pause=no_pause)
 
-    assert result.skipped_images == ["img-a"]
-    assert result.images == ["img-b"]
-    assert image_names(driver) == {"img-a", "img-c"}
-    assert rows(driver)["img-a"][3] == 1  # its hit survived
+    assert result.skipped_images == [uid("img-a")]
+    assert result.images == [uid("img-b")]
+    assert image_names(driver) == {uid("img-a"), uid("img-c")}
+    assert rows(driver)[uid("img-a")][3] == 1  # its hit survived
 
 
 def test_image_recached_after_planning_is_skipped(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    populate(driver, ["img-a", "img-b", "img-c"])
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c")])
     policy = PrunePolicy(max_size=KIB)
     plan = plan_prune(take_snapshot(driver), policy)
 
     # a new file behind the same, unchanged row (e.g. Glance's INSERT failed)
     fresh = base(driver, "img-b.new")
     fresh.write_bytes(b"z" * KIB)
-    os.replace(fresh, base(driver, "img-b"))
+    os.replace(fresh, base(driver, uid("img-b")))
     result = execute_prune(driver, plan, policy, pause=no_pause)
 
-    assert result.skipped_images == ["img-b"]
-    assert result.images == ["img-a"]
-    assert base(driver, "img-b").read_bytes() == b"z" * KIB
-    assert "img-b" in rows(driver)
+    assert result.skipped_images == [uid("img-b")]
+    assert result.images == [uid("img-a")]
+    assert base(driver, uid("img-b")).read_bytes() == b"z" * KIB
+    assert uid("img-b") in rows(driver)
 
 
 def test_victim_vanishing_after_planning_is_skipped(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    populate(driver, ["img-a", "img-b", "img-c"])
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c")])
     policy = PrunePolicy(max_size=KIB)
     plan = plan_prune(take_snapshot(driver), policy)
-    driver.delete_cached_image("img-a")  # glance-api deleted it meanwhile
+    driver.delete_cached_image(uid("img-a"))  # glance-api deleted it meanwhile
 
     result = execute_prune(driver, plan, policy, pause=no_pause)
 
-    assert result.skipped_images == ["img-a"]
-    assert result.images == ["img-b"]
+    assert result.skipped_images == [uid("img-a")]
+    assert result.images == [uid("img-b")]
     assert result.pruned_bytes == KIB
     assert result.errors == []
 
 
 def test_file_before_row(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    names = [f"img-{i}" for i in range(7)]
+    names = [uid(f"img-{i}") for i in range(7)]
     populate(driver, names)
 
     result = run_prune(driver, PrunePolicy(max_size=3 * KIB, batch_size=2), pause=no_pause)
@@ -492,7 +494,7 @@ def test_row_delete_failure_leaves_phantoms_never_orphans(
     leaves harmless phantom rows, never orphan files."""
     from glance_cache_agent.driver import DatabaseLocked
 
-    populate(driver, ["img-a", "img-b", "img-c"])
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c")])
 
     def locked(*_args: object, **_kwargs: object) -> int:
         raise DatabaseLocked(driver.db_path, "database is locked")
@@ -501,11 +503,11 @@ def test_row_delete_failure_leaves_phantoms_never_orphans(
     with pytest.raises(DatabaseLocked):
         run_prune(driver, PrunePolicy(max_size=KIB), pause=no_pause)
 
-    assert image_names(driver) == {"img-c"}
-    assert set(rows(driver)) == {"img-a", "img-b", "img-c"}
+    assert image_names(driver) == {uid("img-c")}
+    assert set(rows(driver)) == {uid("img-a"), uid("img-b"), uid("img-c")}
     snap = take_snapshot(driver)
     assert snap.orphans() == []
-    assert snap.phantoms() == ["img-a", "img-b"]
+    assert snap.phantoms() == [uid("img-a"), uid("img-b")]
 
 
 def test_recache_racing_the_row_delete_never_leaves_an_orphan(
@@ -514,7 +516,7 @@ def test_recache_racing_the_row_delete_never_leaves_an_orphan(
     """glance-api re-caches a victim between our unlink and our row delete
     (rename into place; its INSERT fails on the existing row): the row must
     stay with the new file, or the file would be an orphan nobody prunes."""
-    populate(driver, ["img-a", "img-b"])
+    populate(driver, [uid("img-a"), uid("img-b")])
     real_delete_rows = driver.delete_rows
     raced: list[str] = []
 
@@ -527,18 +529,18 @@ def test_recache_racing_the_row_delete_never_leaves_an_orphan(
     monkeypatch.setattr(driver, "delete_rows", racing)
     result = run_prune(driver, PrunePolicy(max_size=KIB), pause=no_pause)
 
-    assert raced == ["img-a"]
-    assert result.images == ["img-a"]  # its old file was evicted
-    assert base(driver, "img-a").stat().st_size == 2048
+    assert raced == [uid("img-a")]
+    assert result.images == [uid("img-a")]  # its old file was evicted
+    assert base(driver, uid("img-a")).stat().st_size == 2048
     assert take_snapshot(driver).orphans() == []
-    assert "img-a" in rows(driver)
+    assert uid("img-a") in rows(driver)
 
 
 def test_unlink_failure_keeps_image_and_row_and_continues(
     driver: Driver, clock: FrozenDateTimeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    populate(driver, ["img-a", "img-b", "img-c", "img-d"])
-    stuck = str(base(driver, "img-a"))
+    populate(driver, [uid("img-a"), uid("img-b"), uid("img-c"), uid("img-d")])
+    stuck = str(base(driver, uid("img-a")))
     real_unlink = os.unlink
 
     def unlink(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
@@ -549,15 +551,15 @@ def test_unlink_failure_keeps_image_and_row_and_continues(
     monkeypatch.setattr(os, "unlink", unlink)
     result = run_prune(driver, PrunePolicy(max_size=2 * KIB), pause=no_pause)
 
-    assert result.images == ["img-b"]
+    assert result.images == [uid("img-b")]
     assert result.pruned_bytes == KIB
     assert len(result.errors) == 1 and stuck in result.errors[0]
-    assert "img-a" in rows(driver) and base(driver, "img-a").exists()
+    assert uid("img-a") in rows(driver) and base(driver, uid("img-a")).exists()
     assert_file_before_row(driver)
 
 
 def test_pauses_happen_between_batches_only(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    names = [f"img-{i}" for i in range(5)]
+    names = [uid(f"img-{i}") for i in range(5)]
     populate(driver, names)
     seen: list[tuple[float, int, int]] = []
 
@@ -573,7 +575,7 @@ def test_pauses_happen_between_batches_only(driver: Driver, clock: FrozenDateTim
 
 
 def test_no_pause_when_batch_pause_is_zero(driver: Driver, clock: FrozenDateTimeFactory) -> None:
-    populate(driver, [f"img-{i}" for i in range(4)])
+    populate(driver, [uid(f"img-{i}") for i in range(4)])
     calls: list[float] = []
     result = run_prune(
         driver, PrunePolicy(max_size=0, batch_size=1, batch_pause=0), pause=calls.append
@@ -588,14 +590,14 @@ def test_no_pause_when_batch_pause_is_zero(driver: Driver, clock: FrozenDateTime
 def test_dry_run_changes_nothing_and_equals_real_run(
     driver: Driver, clock: FrozenDateTimeFactory
 ) -> None:
-    names = [f"img-{i}" for i in range(8)]
+    names = [uid(f"img-{i}") for i in range(8)]
     populate(driver, names, 700)
-    cache_image(driver, "img-big", 5000)
+    cache_image(driver, uid("img-big"), 5000)
     write_file(base(driver, "9c1d2e3f-aaaa-4bbb-8ccc-dddddddddddd"), 300)  # orphan
-    base(driver, "img-3").unlink()  # phantom
+    base(driver, uid("img-3")).unlink()  # phantom
     write_file(base(driver, "notes.txt"), 10_000)  # foreign: never counted
     policy = PrunePolicy(
-        max_size=6000, low_watermark=0.8, protected_images=frozenset({"img-1"}), batch_size=3
+        max_size=6000, low_watermark=0.8, protected_images=frozenset({uid("img-1")}), batch_size=3
     )
 
     before = full_state(driver)
@@ -608,8 +610,8 @@ def test_dry_run_changes_nothing_and_equals_real_run(
     assert real_doc.pop("dry_run") is False
     assert dry_doc == real_doc
     assert real_doc["pruned_images"] > 0
-    assert real_doc["images"][0] == "img-0"
-    assert "img-1" not in real_doc["images"] and "img-3" not in real_doc["images"]
+    assert real_doc["images"][0] == uid("img-0")
+    assert uid("img-1") not in real_doc["images"] and uid("img-3") not in real_doc["images"]
     assert driver.get_cache_size() == real.size_after <= real.target_bytes == 4800
     for key in ("target_bytes", "size_before", "size_after", "pruned_images", "pruned_bytes"):
         assert isinstance(real_doc[key], int)
@@ -621,7 +623,7 @@ def test_dry_run_changes_nothing_and_equals_real_run(
 @st.composite
 def snapshots(draw: st.DrawFn) -> tuple[CacheSnapshot, PrunePolicy]:
     n = draw(st.integers(0, 25))
-    ids = [f"img-{i}" for i in range(n)]
+    ids = [uid(f"img-{i}") for i in range(n)]
     images: dict[str, FileInfo] = {}
     snapshot_rows: dict[str, CachedRow] = {}
     for i, image_id in enumerate(ids):
@@ -713,7 +715,7 @@ def test_streamed_plan_over_many_pages_matches_full_snapshot(driver: Driver) -> 
     n = 1203
     numbers = list(range(n))
     random.Random(7).shuffle(numbers)
-    entries = [(f"img-{numbers[i]:04d}", float(i // 7)) for i in range(n)]
+    entries = [(uid(f"img-{numbers[i]:04d}"), float(i // 7)) for i in range(n)]
     for image_id, _la in entries:
         base(driver, image_id).write_bytes(b"x")
     with sqlite3.connect(driver.db_path) as conn:

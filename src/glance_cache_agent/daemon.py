@@ -23,12 +23,14 @@ from types import FrameType
 from typing import Any
 
 from . import __version__
+from .clockwatch import ClockWatch
 from .config import ConfigError, load_config
 from .config_model import Config
 from .http import MetricsServer, MetricsServerError
 from .logging import configure_logging, get_logger
 from .metrics import AgentMetrics, CacheStateCollector, build_registry
-from .runner import TaskOutcome, open_driver, run_task, summary_fields
+from .run_records import RunLedger, RunRecord
+from .runner import TaskOutcome, open_driver, run_problem, run_task, summary_fields
 from .scheduler import TaskScheduler, expected_gap
 from .systemd import Notifier
 
@@ -38,27 +40,14 @@ LOG = get_logger("glance_cache_agent.daemon")
 TICK = 1.0
 
 
-def run_problem(outcome: object) -> str | None:
-    """Why a finished run counts as failed, or None when it succeeded.
-
-    A run that raised failed; so did one that finished but could not remove
-    some files (its result lists them): the CLI exits 1 for it, and the
-    daemon reports it the same way, in ``/healthz`` and the failure counter.
-    """
-    if isinstance(outcome, BaseException):
-        return f"{type(outcome).__name__}: {outcome}"
-    errors = outcome.result.errors if isinstance(outcome, TaskOutcome) else []
-    if errors:
-        return f"{len(errors)} file operation(s) failed, first: {errors[0]}"
-    return None
-
-
 @dataclass
 class Health:
     """What ``/healthz`` reports: the scheduler's liveness and each task's last run."""
 
     scheduler_alive: bool = False
     last_error: dict[str, str] = field(default_factory=dict)
+    #: tasks running longer than ``agent.max_task_runtime``: seconds run so far
+    overdue: dict[str, float] = field(default_factory=dict)
     #: the scheduled tasks; None: all. A run of any other task is not recorded.
     tasks: frozenset[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,6 +73,10 @@ class Health:
         with self.lock:
             failing = dict(self.last_error)
         reasons = [f"task {task} failed its last run: {err}" for task, err in failing.items()]
+        reasons += [
+            f"task {task} has run for {int(secs)} s, longer than agent.max_task_runtime"
+            for task, secs in sorted(self.overdue.items())
+        ]
         if not self.scheduler_alive:
             reasons.insert(0, "scheduler is not running")
         body: dict[str, Any] = {
@@ -110,6 +103,9 @@ class Agent:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.notifier = Notifier()
+        self.clock = ClockWatch()
+        #: overdue tasks already logged (once per overrun, not once per tick)
+        self._overdue_logged: set[str] = set()
         tasks = _enabled(config)
         self.health = Health(tasks=frozenset(tasks))
         self.metrics = AgentMetrics(tasks=tasks, version=__version__)
@@ -118,6 +114,9 @@ class Agent:
             max_size=lambda: self.config.cache.max_size,
             metrics_config=config.metrics,
         )
+        self.runs = RunLedger(config.agent.runtime_dir)
+        self.metrics.before_collect = self._fold_runs
+        self._fold_error: str | None = None
         self.registry = build_registry(self.metrics, self.collector)
         self.server = MetricsServer(config.metrics, self.registry, self.health.report)
         self.scheduler = TaskScheduler(
@@ -139,7 +138,44 @@ class Agent:
             lock_wait=None,
             pause=self._pause,
             stop=self.stop_event.is_set,
+            record=self.runs.record,
+            clock_steps=self.clock.steps(),
         )
+
+    def _restore_runs(self) -> None:
+        """Start from the runs file: past runs are not counted again, but each
+        task's last success and duration carry over a restart."""
+        try:
+            journal = self.runs.start()
+        except OSError as exc:
+            LOG.warning("cannot read the task-runs file", error=str(exc))
+            return
+        for task in sorted({*journal.last_success, *journal.last_duration}):
+            self.metrics.restore_task(
+                task, journal.last_success.get(task, 0.0), journal.last_duration.get(task, 0.0)
+            )
+
+    def _fold_runs(self) -> None:
+        """Count the runs other processes recorded since the last scrape."""
+        try:
+            records = self.runs.fold()
+        except OSError as exc:
+            if str(exc) != self._fold_error:  # once per distinct problem, not per scrape
+                LOG.warning("cannot read the task-runs file", error=str(exc))
+            self._fold_error = str(exc)
+            return
+        self._fold_error = None
+        for record in records:
+            self.metrics.observe_record(record)
+            self._log_record(record)
+
+    @staticmethod
+    def _log_record(record: RunRecord) -> None:
+        fields = {"task": record.task, "pid": record.pid, "duration_seconds": record.duration}
+        if record.ok:
+            LOG.info("task run by another process finished", **fields)
+        else:
+            LOG.warning("task run by another process failed", error=record.error, **fields)
 
     def _pause(self, seconds: float) -> None:
         """Wait between batches, but wake at once on shutdown."""
@@ -220,6 +256,42 @@ class Agent:
     def _status_text(self) -> str:
         return self.scheduler.status_text()
 
+    def _watch_clock(self) -> None:
+        """Log a wall-clock step; a forward one is left out of idle ageing."""
+        step = self.clock.observe()
+        if step > 0:
+            LOG.warning(
+                "wall clock stepped forward; prune does not count it as idle time",
+                seconds=round(step, 1),
+            )
+        elif step < 0:
+            LOG.warning("wall clock stepped backward", seconds=round(-step, 1))
+
+    def _check_liveness(self) -> None:
+        """Send ``WATCHDOG=1`` only while the scheduler runs and no task has run
+        longer than ``agent.max_task_runtime`` (monotonic clock): a hung task
+        then gets the agent restarted by systemd's ``WatchdogSec=``."""
+        alive = self.scheduler.is_alive()
+        limit = self.config.agent.max_task_runtime
+        overdue = self.scheduler.overdue_tasks(limit)
+        self.health.scheduler_alive = alive
+        self.health.overdue = overdue
+        self._overdue_logged &= overdue.keys()  # a finished run may overrun again later
+        for task in sorted(overdue.keys() - self._overdue_logged):
+            self._overdue_logged.add(task)
+            LOG.error(
+                "task overran agent.max_task_runtime; withholding WATCHDOG=1 so systemd"
+                " restarts the agent",
+                task=task,
+                running_seconds=round(overdue[task], 1),
+                max_task_runtime=limit,
+            )
+        if alive and not overdue:
+            self.notifier.watchdog()
+        elif overdue:
+            hung = ", ".join(f"{task} {int(secs)} s" for task, secs in sorted(overdue.items()))
+            self.notifier.status(f"watchdog withheld: task overran max_task_runtime: {hung}")
+
     def _publish_intervals(self) -> None:
         now = datetime.now(UTC)
         self.metrics.set_intervals(
@@ -228,6 +300,7 @@ class Agent:
 
     def serve(self) -> int:
         """Start everything, supervise until asked to stop, then stop cleanly."""
+        self._restore_runs()
         self.collector.refresh()
         self.server.start()
         self.scheduler.start()
@@ -248,10 +321,8 @@ class Agent:
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()
-            alive = self.scheduler.is_alive()
-            self.health.scheduler_alive = alive
-            if alive:
-                self.notifier.watchdog()
+            self._watch_clock()
+            self._check_liveness()
             if time.monotonic() - last_status >= 10:
                 self.notifier.status(self._status_text())
                 last_status = time.monotonic()

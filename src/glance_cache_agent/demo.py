@@ -4,6 +4,8 @@ The cache looks like a busy glance-api node's: a few hundred images with
 varied sizes, hits and ages (sparse files, so they cost no disk), over its
 ``max_size``, with stalled downloads, failed downloads, queued ids, an orphan
 file and a phantom row, so that every task has work and every metric a value.
+Every image is named by a UUID, as Glance names them; an operator's
+``README`` beside them is foreign: counted and listed, never touched.
 
     python -m glance_cache_agent.demo DIR      # prints the config path
 """
@@ -97,6 +99,7 @@ def build_demo(root: Path, images: int = 300, seed: int = 7) -> Path:
         _sparse(cache_dir / "invalid" / str(uuid.uuid4()), 30 * MIB, now - 3600)
     for i in range(4):
         _sparse(cache_dir / "queue" / str(uuid.uuid4()), 0, now - 600 + i)
+    (cache_dir / "README").write_text("Glance image cache of this node; see glance-api.conf.\n")
 
     runtime_dir = root / "run"
     runtime_dir.mkdir(exist_ok=True)

@@ -6,6 +6,12 @@ The daemon's scheduled tasks and ad-hoc runs (``glance-cache-agent prune``,
 so a run that cannot get the lock can say who holds it. ``flock`` belongs to
 the open file, so two threads of the daemon exclude each other too. The lock
 file is never deleted (a deleted lock file that someone holds is no lock).
+
+The runtime directory may belong to glance-api's user while ``sudo
+glance-cache-agent prune`` runs as root, so neither the directory nor the
+lock file is ever reached through a symlink, and the file is emptied only
+once it is known to be a regular, singly-linked file of ours or of the
+directory's owner (``driver.lockfile``); anything else raises UnsafeLockFile.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
+
+from .driver.lockfile import open_lock_file
 
 LOCK_NAME = "maintenance.lock"
 POLL_INTERVAL = 0.1
@@ -41,6 +49,20 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
+def _make_runtime_dir(runtime_dir: str) -> str:
+    """Create ``runtime_dir`` if needed (its last component never through a
+    symlink, which opening it then refuses); return its normalised path.
+
+    Normalising drops a trailing slash, which would make the kernel follow
+    a symlink in the last component despite ``O_NOFOLLOW``.
+    """
+    runtime_dir = os.path.normpath(runtime_dir)
+    os.makedirs(os.path.dirname(runtime_dir), exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(runtime_dir)
+    return runtime_dir
+
+
 @contextlib.contextmanager
 def maintenance_lock(
     runtime_dir: str, timeout: float | None, stop: Callable[[], bool] | None = None
@@ -49,11 +71,13 @@ def maintenance_lock(
 
     ``timeout`` None waits for as long as it takes; 0 tries once. Raises
     LockBusy naming the holder's pid when the wait runs out, or as soon as
-    ``stop`` answers True (the daemon is shutting down: never wait forever).
+    ``stop`` answers True (the daemon is shutting down: never wait forever);
+    UnsafeLockFile when the directory or the lock file is a symlink or not
+    a file we may empty.
     """
-    os.makedirs(runtime_dir, exist_ok=True)
+    runtime_dir = _make_runtime_dir(runtime_dir)
     path = os.path.join(runtime_dir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock_file(runtime_dir, LOCK_NAME, os.O_RDWR, follow_dir=False, ours_only=True)
     try:
         started = time.monotonic()
         while True:

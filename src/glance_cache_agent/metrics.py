@@ -10,7 +10,8 @@ Two sources feed one registry (``build_registry``):
   scrape's cost therefore depends on ``per_image_limit``, not on the number
   of cached images.
 * ``AgentMetrics`` is direct instrumentation of the agent's tasks; the
-  runner calls ``observe_task`` after every run.
+  runner calls ``observe_task`` after every run, and the daemon folds in the
+  runs other processes recorded (``observe_record``) at each scrape.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -34,10 +35,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .cache_state import CacheState, ImageStat, compute_cache_state
+from .cache_state import CacheState, ImageStat, compute_cache_state, hits_increase
 from .config_model import MetricsConfig
 from .driver import Driver
 from .maintenance import CleanResult, PruneResult, ReconcileResult
+from .run_records import RunRecord
 
 LOG = logging.getLogger(__name__)
 
@@ -79,11 +81,11 @@ class CacheStateCollector(Collector):
     ``max_size`` (a callable follows config reloads); ``compute()`` is the
     one place that touches the cache.
 
-    ``glance_cache_hits_total`` never decreases: it is the larger of its
-    previous value and the hits summed over the rows plus ``removed_hits()``
-    (hits of images the agent itself evicted; ``build_registry`` wires it to
-    ``AgentMetrics.hits_removed``). ``removed_hits`` is read before the
-    snapshot, so an eviction racing a refresh is counted late, never twice.
+    ``glance_cache_hits_total`` is a real counter: 0 at the first successful
+    refresh, then it grows by the hits each refresh finds since the previous
+    one (``hits_increase`` over the rows' per-image hits), so evictions by
+    anyone (this daemon, an ad-hoc prune, Glance) and restarts never make it
+    drop. The only per-image memory is the last refresh's ``image_hits``.
     """
 
     def __init__(
@@ -92,19 +94,19 @@ class CacheStateCollector(Collector):
         max_size: int | Callable[[], int],
         metrics_config: MetricsConfig,
         *,
-        removed_hits: Callable[[], int] = lambda: 0,
         spawn: Spawn = _start_daemon_thread,
     ) -> None:
         self.driver_factory = driver_factory
         self.max_size = max_size
         self.per_image_limit = metrics_config.per_image_limit if metrics_config.per_image else 0
         self.state_max_age = metrics_config.state_max_age
-        self.removed_hits = removed_hits
         self._spawn = spawn
         self._lock = threading.Lock()  # guards the fields below; held only briefly
         self._refresh_lock = threading.Lock()  # one computation at a time
         self._served: _Served | None = None
         self._hits_total = 0
+        #: per-image hits at the last successful refresh; None before it
+        self._hits_seen: Mapping[str, int] | None = None
         self._refreshing = False
         self._marked_stale = False
 
@@ -129,7 +131,6 @@ class CacheStateCollector(Collector):
         with self._refresh_lock:
             with self._lock:
                 self._marked_stale = False
-            removed = self.removed_hits()
             attempted_at = time.time()
             try:
                 state = self.compute()
@@ -139,7 +140,8 @@ class CacheStateCollector(Collector):
                     self._served = _Served(attempted_at, None, self._hits_total)
                 return None
             with self._lock:
-                self._hits_total = max(self._hits_total, state.hits + removed)
+                self._hits_total += hits_increase(self._hits_seen, state.image_hits)
+                self._hits_seen = state.image_hits
                 self._served = _Served(attempted_at, state, self._hits_total)
             return state
 
@@ -227,7 +229,11 @@ class CacheStateCollector(Collector):
             )
         yield gauge("orphan_files", "Image files without a database row.", s.orphan_files)
         yield gauge("phantom_rows", "Database rows without an image file.", s.phantom_rows)
-        yield gauge("untracked_bytes", "Bytes of image files without a row.", s.untracked_bytes)
+        yield gauge(
+            "untracked_bytes",
+            "Bytes no row accounts for: image files without a row, and foreign files.",
+            s.untracked_bytes,
+        )
         yield gauge(
             "filesystem_free_bytes",
             "Bytes available to unprivileged users on the cache's filesystem.",
@@ -235,7 +241,7 @@ class CacheStateCollector(Collector):
         )
         yield CounterMetricFamily(
             "glance_cache_hits",
-            "Cache hits; never decreases while the agent runs, also across evictions." + note,
+            "Cache hits since the agent started (0 at start; evictions never lower it)." + note,
             value=hits_total,
         )
         yield gauge(
@@ -273,7 +279,9 @@ class AgentMetrics(Collector):
     def __init__(self, tasks: Iterable[str], version: str = __version__) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
-        self._hits_removed = 0
+        #: called (outside the lock) before each scrape: folds in other processes' runs
+        self.before_collect: Callable[[], None] | None = None
+        self._last_success: dict[str, float] = {}
         self._last_errors: dict[str, str] = {}
         self._interval_tasks: set[str] = set()
         self.runs = Counter("glance_cache_task_runs", "Task runs.", ["task"], registry=None)
@@ -317,6 +325,13 @@ class AgentMetrics(Collector):
             ["reason"],
             registry=None,
         )
+        self.uninspectable = Gauge(
+            "glance_cache_uninspectable_processes",
+            "Processes whose open files the daemon's last clean could not read (another"
+            " user's, not dumpable or more privileged): a download held by one of them is not"
+            " recognised as live. 0 when no incomplete file was old enough to check.",
+            registry=None,
+        )
         self.build = Info("glance_cache_build", "Agent build information.", registry=None)
         self.build.info({"version": version})
         for task in tasks:
@@ -335,6 +350,7 @@ class AgentMetrics(Collector):
             self.pruned_images,
             self.pruned_bytes,
             self.removed_files,
+            self.uninspectable,
             self.build,
         )
 
@@ -371,6 +387,8 @@ class AgentMetrics(Collector):
                 self.failures.labels(task).inc()
                 self._last_errors[task] = f"{type(outcome).__name__}: {outcome}"
                 return
+            if isinstance(outcome, CleanResult):
+                self.uninspectable.set(outcome.uninspectable_processes)
             if not outcome.dry_run:
                 self._count_removals(outcome)  # what was removed was removed
             if outcome.errors:
@@ -379,7 +397,35 @@ class AgentMetrics(Collector):
                 self._last_errors[task] = f"{len(outcome.errors)} failed: {outcome.errors[0]}"
                 return
             self._last_errors.pop(task, None)
-            self.last_success.labels(task).set(time.time())
+            self._succeeded(task, time.time())
+
+    def _succeeded(self, task: str, when: float) -> None:
+        """Move the task's last success to ``when``; never backwards (lock held)."""
+        latest = max(self._last_success.get(task, 0.0), when)
+        self._last_success[task] = latest
+        self.last_success.labels(task).set(latest)
+
+    def observe_record(self, record: RunRecord) -> None:
+        """Count a run another process recorded (by hand, by a systemd timer).
+
+        Only the ``task_*`` series: what the run removed is in its own log.
+        """
+        with self._lock:
+            self.ensure_task(record.task)
+            self.runs.labels(record.task).inc()
+            self.duration.labels(record.task).set(record.duration)
+            if record.ok:
+                self._succeeded(record.task, record.finished_at)
+            else:
+                self.failures.labels(record.task).inc()
+
+    def restore_task(self, task: str, last_success: float, duration: float) -> None:
+        """At start-up: the task's last success and duration from before, no runs."""
+        with self._lock:
+            self.ensure_task(task)
+            self.duration.labels(task).set(duration)
+            if last_success > 0:
+                self._succeeded(task, last_success)
 
     def _count_removals(self, outcome: TaskResult) -> None:
         removed = self.removed_files
@@ -390,18 +436,12 @@ class AgentMetrics(Collector):
             removed.labels("pruned").inc(outcome.pruned_images)
             self.pruned_images.inc(outcome.pruned_images)
             self.pruned_bytes.inc(outcome.pruned_bytes)
-            self._hits_removed += outcome.hits_evicted
         else:
             removed.labels("orphan").inc(outcome.orphans_removed)
 
     def observe_missed(self, task: str) -> None:
         """A scheduled run did not happen (misfire, or max_instances reached)."""
         self.missed.labels(task).inc()
-
-    def hits_removed(self) -> int:
-        """Hits of every image the agent evicted so far (for ``hits_total``)."""
-        with self._lock:
-            return self._hits_removed
 
     def failed_tasks(self) -> dict[str, str]:
         """Tasks whose last run failed, with the error: feeds ``/healthz``."""
@@ -412,6 +452,8 @@ class AgentMetrics(Collector):
         return [family for metric in self._metrics() for family in metric.describe()]
 
     def collect(self) -> Iterable[Metric]:
+        if self.before_collect is not None:
+            self.before_collect()
         with self._lock:
             return [family for metric in self._metrics() for family in metric.collect()]
 
@@ -421,10 +463,7 @@ def build_registry(
 ) -> CollectorRegistry:
     """A fresh registry (never the global one) serving both sources, plus
     ``process_*`` metrics (CPU, memory, open files) when ``process``.
-
-    Also lets the collector count the agent's evictions in ``hits_total``.
     """
-    collector.removed_hits = agent_metrics.hits_removed
     registry = CollectorRegistry()
     registry.register(agent_metrics)
     registry.register(collector)

@@ -272,6 +272,7 @@ class TaskScheduler:
         *,
         first_run_delay: float = 5.0,
         on_skipped: SkipHook | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         triggers = {name: build_trigger(s) for name, s in tasks.items() if s.enabled}
         self._tasks: dict[str, TaskSchedule] = dict(tasks)
@@ -281,6 +282,9 @@ class TaskScheduler:
         self._first_run_delay = timedelta(seconds=first_run_delay)
         self._cond = threading.Condition()
         self._running: dict[str, datetime] = {}
+        #: when each running task started, on the monotonic clock (immune to clock steps)
+        self._running_since: dict[str, float] = {}
+        self._monotonic = monotonic
         self._last_started: dict[str, datetime] = {}
         self._scheduler = BackgroundScheduler(timezone=UTC, job_defaults=dict(JOB_DEFAULTS))
         self._scheduler.add_listener(self.handle_event, _LISTENED)
@@ -395,19 +399,31 @@ class TaskScheduler:
         """The watchdog's liveness check: scheduler running and its thread alive.
 
         With ``max_task_runtime`` (seconds), also False while a task has been
-        running longer than that -- a hung task then gets the daemon
-        restarted by systemd's watchdog. Deliberately not checked: jobs whose
-        next run is in the past, which a wall-clock step (NTP at boot) would
-        cause without anything being wrong.
+        running longer than that (``overdue_tasks``) -- a hung task then gets
+        the daemon restarted by systemd's watchdog. Deliberately not checked:
+        jobs whose next run is in the past, which a wall-clock step (NTP at
+        boot) would cause without anything being wrong.
         """
         thread = getattr(self._scheduler, "_thread", None)
         if not self._scheduler.running or thread is None or not thread.is_alive():
             return False
-        if max_task_runtime is not None:
-            limit = _utcnow() - timedelta(seconds=max_task_runtime)
-            if any(started < limit for started in self.running_tasks().values()):
-                return False
-        return True
+        return not self.overdue_tasks(max_task_runtime)
+
+    def overdue_tasks(self, max_task_runtime: float | None) -> dict[str, float]:
+        """Running tasks that have run longer than ``max_task_runtime``, with
+        their run time in seconds (None: no limit, so none).
+
+        Measured on the monotonic clock: a wall-clock step neither makes a
+        task look hung nor hides one that is.
+        """
+        if max_task_runtime is None:
+            return {}
+        now = self._monotonic()
+        with self._cond:
+            running = dict(self._running_since)
+        return {
+            task: now - since for task, since in running.items() if now - since > max_task_runtime
+        }
 
     # -- running --
 
@@ -423,6 +439,7 @@ class TaskScheduler:
         t0 = time.monotonic()
         with self._cond:
             self._running[task_name] = started_at
+            self._running_since[task_name] = self._monotonic()
             self._last_started[task_name] = started_at
         try:
             with bound_contextvars(task=task_name, trigger=trigger):
@@ -433,6 +450,7 @@ class TaskScheduler:
             duration = time.monotonic() - t0
             with self._cond:
                 self._running.pop(task_name, None)
+                self._running_since.pop(task_name, None)
                 self._cond.notify_all()
         return RunRecord(task_name, trigger, started_at, duration, outcome)
 

@@ -6,6 +6,7 @@ The driver knows nothing of the agent.
 
 from .errors import (
     BadDriverConfiguration,
+    BadRowValue,
     CacheDirectoryError,
     DatabaseCorrupt,
     DatabaseError,
@@ -15,10 +16,11 @@ from .errors import (
     DriverError,
     InvalidImageId,
     SchemaMismatch,
+    UnsafeLockFile,
 )
-from .ids import image_id_problem, is_image_id_syntax, is_uuid, validate_image_id
-from .layout import STATES, CacheLayout, EntryKind, FileInfo, looks_like_lock_file
-from .openfiles import files_open_for_writing
+from .ids import image_id_problem, is_uuid, validate_image_id
+from .layout import STATES, CacheLayout, EntryKind, FileInfo
+from .openfiles import FileIdentity, WriterScan, scan_writers
 from .oslo_lock import LockTimeout, external_lock
 from .settings import CacheSettings
 from .sqlite import BaseScan, CachedRow, Driver, delete_cached_file, fsync_directory
@@ -26,6 +28,7 @@ from .sqlite import BaseScan, CachedRow, Driver, delete_cached_file, fsync_direc
 __all__ = [
     "STATES",
     "BadDriverConfiguration",
+    "BadRowValue",
     "BaseScan",
     "CacheDirectoryError",
     "CacheLayout",
@@ -39,17 +42,18 @@ __all__ = [
     "Driver",
     "DriverError",
     "EntryKind",
+    "FileIdentity",
     "FileInfo",
     "InvalidImageId",
     "LockTimeout",
     "SchemaMismatch",
+    "UnsafeLockFile",
+    "WriterScan",
     "delete_cached_file",
     "external_lock",
-    "files_open_for_writing",
     "fsync_directory",
     "image_id_problem",
-    "is_image_id_syntax",
     "is_uuid",
-    "looks_like_lock_file",
+    "scan_writers",
     "validate_image_id",
 ]

@@ -18,9 +18,11 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import quote
 
+from .crashpoints import crash_point
 from .errors import DatabaseError, DatabaseMissing, SchemaMismatch, translate
 
 #: Glance's DDL, byte for byte in meaning (drivers/sqlite.py ``initialize_db``).
@@ -39,6 +41,12 @@ EXPECTED_COLUMNS = ("image_id", "last_accessed", "last_modified", "size", "hits"
 #: (from BEGIN IMMEDIATE to COMMIT or ROLLBACK); benchmarks and metrics hook in here.
 TxnObserver = Callable[[float], None]
 
+#: Receives how long, in seconds, each read statement run through
+#: ``Database.fetch_all`` took from ``execute`` to the end of ``fetchall``: an
+#: upper bound of how long it held SQLite's shared lock (a wait for the lock
+#: is included), which blocks every writer's COMMIT.
+ReadObserver = Callable[[float], None]
+
 
 class Database:
     """Opens short-lived connections to one SQLite file."""
@@ -48,10 +56,12 @@ class Database:
         path: str,
         busy_timeout: float,
         observer: TxnObserver | None = None,
+        read_observer: ReadObserver | None = None,
     ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.observer = observer
+        self.read_observer = read_observer
 
     def exists(self) -> bool:
         return os.path.isfile(self.path)
@@ -90,12 +100,33 @@ class Database:
         finally:
             conn.close()
 
+    def fetch_all(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Run one read statement to its end and return its raw tuples.
+
+        In autocommit mode SQLite holds the shared lock, which makes every
+        writer's COMMIT fail or wait (Glance's fail at once), for as long as a
+        statement is active: stepping it to the end here releases the lock
+        before the caller builds any object from the tuples. Convert after
+        this returns, never while iterating a cursor.
+        """
+        started = time.perf_counter()
+        try:
+            rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+        finally:
+            if self.read_observer is not None:
+                self.read_observer(time.perf_counter() - started)
+        return rows
+
     @contextlib.contextmanager
-    def write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    def write(self, conn: sqlite3.Connection, commit: bool = True) -> Iterator[sqlite3.Connection]:
         """Run the body inside ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
         Keep the body to SQL statements and cheap metadata calls: no image
-        data is read or written while this lock is held.
+        data is read or written while this lock is held. ``commit=False``
+        ends a body that succeeded with ``ROLLBACK`` (a probe, see
+        ``check_writable``).
         """
         conn.execute("BEGIN IMMEDIATE")
         started = time.perf_counter()  # lock hold time, not the wait for it
@@ -106,7 +137,11 @@ class Database:
                 conn.execute("ROLLBACK")
             raise
         else:
-            conn.execute("COMMIT")
+            if commit:
+                crash_point("db:commit")  # test-only crash points; off unless armed
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+            if commit:
+                crash_point("db:committed")
         finally:
             if self.observer is not None:
                 self.observer(time.perf_counter() - started)
@@ -116,6 +151,23 @@ class Database:
         """Shorthand: a fresh connection with one write transaction."""
         with self.connect() as conn, self.write(conn):
             yield conn
+
+    def check_writable(self) -> None:
+        """Raise DatabaseReadOnly (or DatabaseLocked) unless a write would succeed now.
+
+        ``BEGIN IMMEDIATE`` is no proof: when the file cannot be opened for
+        writing SQLite silently opens it read-only, and the lock still
+        succeeds. A statement that writes nothing (an ``UPDATE`` matching no
+        row) does fail on a read-only file, but not when only the directory
+        is read-only, because no journal is needed. Rewriting
+        ``user_version`` with its own value dirties a page, so SQLite must
+        open the journal too; ``ROLLBACK`` then leaves the file's bytes as
+        they were. It fails with "attempt to write a readonly database" in
+        both cases (measured on SQLite 3.40: tests/test_readonly_database.py).
+        """
+        with self.connect() as conn, self.write(conn, commit=False):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute(f"PRAGMA user_version = {int(version)}")
 
     def check_schema(self, conn: sqlite3.Connection) -> None:
         """Raise SchemaMismatch unless ``cached_images`` has Glance's columns."""
@@ -138,4 +190,11 @@ class Database:
         return [] if rows == ["ok"] else rows
 
 
-__all__ = ["EXPECTED_COLUMNS", "SCHEMA", "Database", "DatabaseError", "TxnObserver"]
+__all__ = [
+    "EXPECTED_COLUMNS",
+    "SCHEMA",
+    "Database",
+    "DatabaseError",
+    "ReadObserver",
+    "TxnObserver",
+]

@@ -35,6 +35,20 @@ class CacheDirectoryError(DriverError):
     """The cache directory is missing, not a directory, or unusable."""
 
 
+class UnsafeLockFile(DriverError):
+    """A lock file (or its directory) is a symlink, not a regular file, or not ours.
+
+    Refused rather than opened: following a link planted by the cache
+    directory's owner would let that user have a root-run agent create,
+    lock or empty any file on the host.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"refusing lock file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class DatabaseError(DriverError):
     """A problem with ``cache.db``; ``path`` names the file."""
 
@@ -58,6 +72,26 @@ class DatabaseLocked(DatabaseError):
 
 class DatabaseReadOnly(DatabaseError):
     """The database (or its directory) cannot be written."""
+
+
+class BadRowValue(DatabaseError):
+    """A ``cached_images`` row holds a value of the wrong type (``hits = 'many'``).
+
+    SQLite stores whatever it is given; Glance never writes such a value, so
+    a hand-edited or damaged row is named (image id and column) rather than
+    left to fail later as a ``TypeError`` far from its cause.
+    """
+
+    def __init__(self, path: str, image_id: str, column: str, value: object) -> None:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        super().__init__(
+            path,
+            f"row {image_id!r} of cached_images: column {column} holds {shown},"
+            f" not a finite number; fix or delete that row",
+        )
+        self.image_id = image_id
+        self.column = column
+        self.value = value
 
 
 class SchemaMismatch(DatabaseError):

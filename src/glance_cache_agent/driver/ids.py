@@ -1,11 +1,12 @@
 """Image-id validation: the only gate between user input and a filesystem path.
 
 Glance names cache files exactly after the image id, so an id is a path
-component. Glance's API only ever produces UUIDs, but its driver accepts any
-``str()``-able id (tests use ``'7'`` or ``'img-a'``). We accept letters,
-digits, ``-`` and ``_`` (which covers UUIDs, integers and every id seen in
-Glance's tests) and refuse everything else *before* a path is built, with a
-reason that names the offending part.
+component. Glance's driver accepts any ``str()``-able id, but Glance only ever
+issues UUIDs, so only a UUID (8-4-4-4-12 hex digits, dashes required, either
+hex case; Glance writes lowercase) is an image id here. Everything else is
+refused *before* a path is built, with a reason that names the offending part;
+in the cache directory such a name is foreign and never touched (an
+operator's ``backup`` or ``README``, a lock file, a state directory).
 """
 
 from __future__ import annotations
@@ -18,11 +19,7 @@ from .errors import InvalidImageId
 MAX_ID_LENGTH = 255
 
 _ALLOWED = re.compile(r"[A-Za-z0-9_-]+")
-#: The whole rule in one expression, for hot paths (directory scans).
-_SYNTAX = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_ID_LENGTH - 1}}}")
-_UUID = re.compile(
-    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
-)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def image_id_problem(image_id: object, reserved: frozenset[str] = frozenset()) -> str | None:
@@ -53,15 +50,18 @@ def image_id_problem(image_id: object, reserved: frozenset[str] = frozenset()) -
         return "must start with a letter or digit"
     if text in reserved:
         return "is reserved by the cache (its database or a lock file)"
+    if not is_uuid(text):
+        return "is not a UUID (Glance issues only UUIDs: 8-4-4-4-12 hex digits)"
     return None
 
 
-def is_image_id_syntax(name: str) -> bool:
-    """Fast check: ``name`` has an image id's syntax (reserved names aside).
+def is_uuid(name: str) -> bool:
+    """True for a UUID spelled 8-4-4-4-12 hex digits with dashes, in either case.
 
-    Agrees with ``image_id_problem(name) is None`` for every string.
+    Agrees with ``image_id_problem(name) is None`` for every string: this is
+    the whole rule in one regex, for hot paths (directory scans).
     """
-    return _SYNTAX.fullmatch(name) is not None
+    return _UUID.fullmatch(name) is not None
 
 
 def validate_image_id(image_id: object, reserved: frozenset[str] = frozenset()) -> str:
@@ -70,8 +70,3 @@ def validate_image_id(image_id: object, reserved: frozenset[str] = frozenset()) 
     if problem is not None:
         raise InvalidImageId(image_id, problem)
     return str(image_id)
-
-
-def is_uuid(name: str) -> bool:
-    """True for a UUID in Glance's usual spellings (with or without dashes)."""
-    return _UUID.fullmatch(name) is not None

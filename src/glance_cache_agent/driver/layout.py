@@ -3,7 +3,9 @@
 Glance treats every regular file in the base directory (except the database
 path) as a cached image; that sweeps in lock files, SQLite's journal and any
 stray file an operator dropped there. We classify each entry instead, and only
-entries classified as images are ever counted, listed or deleted.
+entries classified as images (named by a UUID, the only ids Glance issues)
+are ever adopted, evicted or deleted; any other name is foreign: counted and
+reported, never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .ids import is_image_id_syntax, is_uuid
+from .ids import is_uuid
 
 #: The three state subdirectories Glance creates under the base directory.
 STATES = ("incomplete", "invalid", "queue")
@@ -126,11 +128,16 @@ class CacheLayout:
         return os.path.join(self.state_dir(state), image_id)
 
     def classify(self, name: str) -> EntryKind:
-        """Classify a name found in the base directory (one dict and one regex lookup)."""
+        """Classify a name found in the base directory (one dict and one regex lookup).
+
+        Only a UUID is an image: a zero-byte oslo lock with any other name,
+        an operator's ``backup`` or ``README``, or a state directory's name
+        is foreign.
+        """
         kind = self.special_names.get(name)
         if kind is not None:
             return kind
-        return EntryKind.IMAGE if is_image_id_syntax(name) else EntryKind.FOREIGN
+        return EntryKind.IMAGE if is_uuid(name) else EntryKind.FOREIGN
 
 
 def scan_regular_files(directory: str) -> Iterator[FileInfo]:
@@ -156,22 +163,11 @@ def scan_regular_files(directory: str) -> Iterator[FileInfo]:
                 yield FileInfo.from_stat(entry.name, entry.path, st)
 
 
-def looks_like_lock_file(info: FileInfo) -> bool:
-    """A zero-byte file whose name is not a UUID: almost surely an oslo lock.
-
-    oslo.concurrency can create lock files with any name in ``lock_path``; a
-    real cached image is never empty and, coming from Glance's API, is named
-    by a UUID. Such files are treated as foreign, never as orphans.
-    """
-    return info.size == 0 and not is_uuid(info.name)
-
-
 __all__ = [
     "GLANCE_RESERVED_NAMES",
     "STATES",
     "CacheLayout",
     "EntryKind",
     "FileInfo",
-    "looks_like_lock_file",
     "scan_regular_files",
 ]

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from .errors import DriverError
+from .lockfile import open_lock_file
 
 _thread_locks: dict[str, threading.Lock] = {}
 _registry_guard = threading.Lock()
@@ -39,25 +40,6 @@ class LockTimeout(DriverError):
         self.waited = waited
 
 
-def _open_lock_file(lock_path: str, path: str) -> int:
-    """Open (creating if needed) the lock file for appending, as oslo does.
-
-    A lock file we create as root is handed to the owner of ``lock_path``:
-    glance-api runs as that user and must be able to open it too, or its
-    own prune/clean API would fail on our root-owned file.
-    """
-    try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    if os.geteuid() == 0:
-        owner = os.stat(lock_path)
-        if (owner.st_uid, owner.st_gid) != (0, 0):
-            os.fchown(fd, owner.st_uid, owner.st_gid)
-    return fd
-
-
 def _thread_lock(path: str) -> threading.Lock:
     with _registry_guard:
         return _thread_locks.setdefault(path, threading.Lock())
@@ -68,7 +50,8 @@ def external_lock(lock_path: str, name: str, timeout: float | None = None) -> It
     """Hold oslo's external lock ``name`` in ``lock_path`` for the body.
 
     ``timeout`` None waits forever, 0 tries once. Raises LockTimeout when the
-    lock could not be had in time. Yields the lock file's path.
+    lock could not be had in time, UnsafeLockFile when the lock file is a
+    symlink or not a regular file. Yields the lock file's path.
     """
     path = os.path.join(lock_path, name)
     started = time.monotonic()
@@ -76,7 +59,9 @@ def external_lock(lock_path: str, name: str, timeout: float | None = None) -> It
     if not guard.acquire(timeout=-1 if timeout is None else timeout):
         raise LockTimeout(path, time.monotonic() - started)
     try:
-        fd = _open_lock_file(lock_path, path)
+        # append mode, as oslo opens it; never through a symlink, and a file we
+        # create as root goes to lock_path's owner, where glance-api opens it
+        fd = open_lock_file(lock_path, name, os.O_WRONLY | os.O_APPEND)
         try:
             while True:
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import stat
 import time
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .db import SCHEMA, Database, TxnObserver
-from .errors import BadDriverConfiguration, CacheDirectoryError
-from .ids import validate_image_id
+from .errors import BadDriverConfiguration, BadRowValue, CacheDirectoryError
+from .ids import is_uuid, validate_image_id
 from .layout import STATES, CacheLayout, EntryKind, FileInfo, scan_regular_files
-from .openfiles import files_open_for_writing
+from .openfiles import scan_writers
 from .oslo_lock import external_lock
 from .settings import CacheSettings
 
@@ -36,6 +37,12 @@ ROW_COLUMNS = "image_id, last_accessed, last_modified, size, hits"
 #: Rows changed per write transaction in bulk operations: small enough that
 #: one transaction stays far below Glance's 2 s lock budget (about 5 ms).
 BATCH_ROWS = 500
+
+#: Rows per statement of a whole-table read. A page holds SQLite's shared
+#: lock, which fails Glance's COMMITs, for about 20 ms (100k rows: 5 pages):
+#: a Glance write that collides with one page waits one 50 ms retry, as it
+#: would for any shorter statement, and fewer pages collide less often.
+READ_PAGE_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +56,27 @@ class CachedRow:
     hits: int
 
     @classmethod
-    def from_db(cls, r: tuple[Any, ...]) -> CachedRow:
-        """Build from a ``SELECT {ROW_COLUMNS}`` tuple; NULLs read as Glance's defaults."""
-        return cls(str(r[0]), r[1] or 0.0, r[2] or 0.0, r[3] or 0, r[4] or 0)
+    def from_db(cls, r: tuple[Any, ...], db_path: str = "cache.db") -> CachedRow:
+        """Build from a ``SELECT {ROW_COLUMNS}`` tuple; NULLs read as Glance's defaults.
+
+        A value that is not a finite number (``hits = 'many'``, written by
+        hand: SQLite keeps text it cannot convert) raises BadRowValue naming
+        ``db_path``, the image id and the column.
+
+        A NULL ``image_id`` reads as ``""``: never a UUID, so such a row is
+        never served or evicted, and reconcile removes it.
+        """
+        image_id = "" if r[0] is None else str(r[0])
+        accessed, modified, size, hits = r[1], r[2], r[3], r[4]
+        if type(accessed) is float and type(modified) is float and type(size) is type(hits) is int:
+            return cls(image_id, accessed, modified, size, hits)  # what Glance writes: fast path
+        return cls(
+            image_id,
+            _number(db_path, image_id, "last_accessed", accessed, float),
+            _number(db_path, image_id, "last_modified", modified, float),
+            _number(db_path, image_id, "size", size, int),
+            _number(db_path, image_id, "hits", hits, int),
+        )
 
     def as_glance_dict(self) -> dict[str, Any]:
         """The dict shape Glance's ``get_cached_images`` returns."""
@@ -62,6 +87,17 @@ class CachedRow:
             "last_modified": self.last_modified,
             "size": self.size,
         }
+
+
+def _number(
+    db_path: str, image_id: str, column: str, value: Any, kind: type[int] | type[float]
+) -> Any:
+    """``value`` as ``kind``; NULL is Glance's default 0, a non-number raises BadRowValue."""
+    if value is None:
+        return kind()
+    if isinstance(value, int | float) and math.isfinite(value):
+        return kind(value)
+    raise BadRowValue(db_path, image_id, column, value)
 
 
 @dataclass(frozen=True)
@@ -152,10 +188,10 @@ class Driver:
             self.db.check_schema(conn)
 
     def check_writable(self) -> None:
-        """Raise the typed error if a write transaction cannot be opened now
-        (read-only or locked database) -- before anything is deleted."""
-        with self.db.writing():
-            pass
+        """Raise DatabaseReadOnly (or DatabaseLocked) unless the database can
+        be written now: call it before deleting files whose rows must go too.
+        A real write probe, rolled back (``Database.check_writable``)."""
+        self.db.check_writable()
 
     def check_database(self) -> list[str]:
         """Verify schema and run ``PRAGMA quick_check``; return problems found."""
@@ -224,7 +260,11 @@ class Driver:
         return BaseScan(images=images, others=others)
 
     def scan_state(self, state: str) -> list[FileInfo]:
-        """Regular files with valid image-id names in a state directory.
+        """Regular files with valid image-id names in a state directory."""
+        return self.scan_state_dir(state)[0]
+
+    def scan_state_dir(self, state: str) -> tuple[list[FileInfo], list[FileInfo]]:
+        """``(image files, foreign files)`` of a state directory, in one scandir.
 
         A state directory replaced by a symlink is not followed (nothing is
         listed, so clean never deletes in the link's target): Glance creates
@@ -233,8 +273,13 @@ class Driver:
         directory = self.layout.state_dir(state)
         if os.path.islink(directory):
             LOG.warning("Ignoring '%s': it is a symlink, not a directory", directory)
-            return []
-        return list(self.iter_image_files(directory))
+            return [], []
+        images: list[FileInfo] = []
+        foreign: list[FileInfo] = []
+        classify, image = self.layout.classify, EntryKind.IMAGE
+        for info in scan_regular_files(directory):
+            (images if classify(info.name) is image else foreign).append(info)
+        return images, foreign
 
     def get_cache_files(self, basepath: str) -> Iterator[str]:
         """Yield paths of the cache's files in ``basepath``.
@@ -256,10 +301,43 @@ class Driver:
         return sum(size for _, size in self.iter_image_sizes())
 
     def list_rows(self) -> list[CachedRow]:
-        """Every row of ``cached_images`` in one unordered read."""
+        """Every row of ``cached_images``, unordered (read in rowid pages)."""
+        return [
+            CachedRow.from_db(r, self.db_path)
+            for page in self._read_pages(f"{ROW_COLUMNS}, rowid", "rowid")
+            for r in page
+        ]
+
+    def _read_pages(self, columns: str, key: str) -> Iterator[list[tuple[Any, ...]]]:
+        """``cached_images`` in ``key`` order as raw tuples, one page per statement.
+
+        ``key`` is unique (``rowid`` or ``image_id``) and the last of
+        ``columns``. Keyset pagination: every page is its own short statement,
+        run to its end before it is yielded, so no lock is held while the
+        caller converts it (a row updated between pages shows its newer values,
+        as if read a moment later).
+        """
+        select = f"SELECT {columns} FROM cached_images"
         with self.db.connect() as conn:
-            cursor = conn.execute(f"SELECT {ROW_COLUMNS} FROM cached_images")
-            return [CachedRow.from_db(r) for r in cursor]
+            page = self.db.fetch_all(conn, f"{select} ORDER BY {key} LIMIT ?", (READ_PAGE_ROWS,))
+            while True:
+                yield page
+                if len(page) < READ_PAGE_ROWS:
+                    return
+                page = self.db.fetch_all(
+                    conn,
+                    f"{select} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+                    (page[-1][-1], READ_PAGE_ROWS),
+                )
+
+    def row_ids(self) -> list[str]:
+        """The ``image_id`` of every row (NULL ids left out); no other column
+        is read, so a row with a mistyped value does not stop a bulk delete."""
+        with self.db.connect() as conn:
+            found = self.db.fetch_all(
+                conn, "SELECT image_id FROM cached_images WHERE image_id IS NOT NULL"
+            )
+        return [str(r[0]) for r in found]
 
     def iter_rows_lru(
         self, page_size: int = 1000, max_page_size: int = 16000
@@ -279,18 +357,19 @@ class Driver:
         while True:
             with self.db.connect() as conn:
                 if after is None:
-                    page = conn.execute(
-                        f"{query} ORDER BY {order} LIMIT ?", (page_size,)
-                    ).fetchall()
+                    page = self.db.fetch_all(
+                        conn, f"{query} ORDER BY {order} LIMIT ?", (page_size,)
+                    )
                 else:
-                    page = conn.execute(
+                    page = self.db.fetch_all(
+                        conn,
                         f"{query} WHERE COALESCE(last_accessed, 0.0) > ?"
                         f" OR (COALESCE(last_accessed, 0.0) = ? AND image_id > ?)"
                         f" ORDER BY {order} LIMIT ?",
                         (after[0], after[0], after[1], page_size),
-                    ).fetchall()
+                    )
             for r in page:
-                yield CachedRow.from_db(r)
+                yield CachedRow.from_db(r, self.db_path)
             if len(page) < page_size:
                 return
             last = page[-1]
@@ -309,8 +388,8 @@ class Driver:
         """
         sizes = dict(self.iter_image_sizes())
         total, count = sum(sizes.values()), len(sizes)
-        with self.db.connect() as conn:
-            for (image_id,) in conn.execute("SELECT image_id FROM cached_images"):
+        for page in self._read_pages("image_id", "image_id"):  # the covering index
+            for (image_id,) in page:
                 sizes.pop(str(image_id), None)
         return total, sum(sizes.values()), count
 
@@ -428,8 +507,12 @@ class Driver:
         """Remove every image file and every row; return image files removed.
 
         Differs from Glance: lock files, the database's side files and
-        foreign files are neither deleted nor counted.
+        foreign files (any name that is not a UUID, even a zero-byte one)
+        are neither deleted nor counted; a database that cannot be written
+        raises before the first file is deleted (Glance deletes the files,
+        then fails on the rows).
         """
+        self.check_writable()
         deleted = 0
         for info in self.scan_base().images.values():
             delete_cached_file(info.path)
@@ -461,9 +544,15 @@ class Driver:
         stale = [i for i in self.scan_state("incomplete") if i.mtime < older_than]
         if not stale:
             return
-        busy = files_open_for_writing(self.layout.state_dir("incomplete"))
+        scan = scan_writers({(i.device, i.inode) for i in stale})
+        if scan.uninspectable:
+            LOG.warning(
+                "Could not inspect %d processes; a download one of them holds open"
+                " would not be recognised",
+                scan.uninspectable,
+            )
         for info in stale:
-            if (info.device, info.inode) in busy:
+            if (info.device, info.inode) in scan.busy:
                 LOG.info("Keeping '%s': open for writing by a running process", info.path)
                 continue
             try:
@@ -562,16 +651,14 @@ class Driver:
     def rows_by_id(self, image_ids: Iterable[str]) -> dict[str, CachedRow]:
         """Current rows for the given ids (absent ids are missing from the result)."""
         ids = list(image_ids)
-        found: dict[str, CachedRow] = {}
+        raw: list[tuple[Any, ...]] = []
         with self.db.connect() as conn:
             for start in range(0, len(ids), BATCH_ROWS):
                 chunk = ids[start : start + BATCH_ROWS]
                 marks = ",".join("?" * len(chunk))
-                for r in conn.execute(
-                    f"SELECT {ROW_COLUMNS} FROM cached_images WHERE image_id IN ({marks})", chunk
-                ):
-                    found[str(r[0])] = CachedRow.from_db(r)
-        return found
+                query = f"SELECT {ROW_COLUMNS} FROM cached_images WHERE image_id IN ({marks})"
+                raw += self.db.fetch_all(conn, query, chunk)
+        return {str(r[0]): CachedRow.from_db(r, self.db_path) for r in raw}
 
     def delete_rows(self, image_ids: Sequence[str], only_if_file_missing: bool = False) -> int:
         """Delete rows in short batches; return rows deleted.
@@ -593,6 +680,44 @@ class Driver:
                     )
                     deleted += cursor.rowcount
         return deleted
+
+    def delete_rows_not_images(self, image_ids: Sequence[str]) -> int:
+        """Delete rows whose id is not a UUID; return rows deleted.
+
+        Such a row can never be served by Glance nor match a file we would
+        touch, so it goes whatever the directory holds. ``""`` stands for a
+        NULL id (as ``CachedRow`` reads it); UUIDs passed in are ignored.
+        """
+        keys = sorted({key for key in image_ids if not is_uuid(key)})
+        deleted = 0
+        for start in range(0, len(keys), BATCH_ROWS):
+            chunk = keys[start : start + BATCH_ROWS]
+            null = " OR image_id IS NULL" if "" in chunk else ""
+            marks = ",".join("?" * len(chunk))
+            with self.db.writing() as conn:
+                cursor = conn.execute(
+                    f"DELETE FROM cached_images WHERE image_id IN ({marks}){null}", chunk
+                )
+                deleted += cursor.rowcount
+        return deleted
+
+    def touch_rows(self, image_ids: Sequence[str], when: float) -> int:
+        """Move ``last_accessed`` of the given rows forward to ``when`` (never
+        back), in short batches; return rows changed. Prune uses it for a
+        victim re-cached since planning, so the fresh copy is not next in line.
+        """
+        changed = 0
+        for start in range(0, len(image_ids), BATCH_ROWS):
+            chunk = sorted(image_ids[start : start + BATCH_ROWS])
+            marks = ",".join("?" * len(chunk))
+            with self.db.writing() as conn:
+                cursor = conn.execute(
+                    "UPDATE cached_images SET last_accessed = ?"
+                    f" WHERE last_accessed < ? AND image_id IN ({marks})",
+                    (when, when, *chunk),
+                )
+                changed += cursor.rowcount
+        return changed
 
     def _file_present(self, key: str) -> bool:
         """Whether a row's id names an entry in the base directory (no path is
@@ -639,9 +764,18 @@ class Driver:
     def total_hits(self) -> int:
         """Sum of ``hits`` over all rows."""
         with self.db.connect() as conn:
-            return int(
-                conn.execute("SELECT COALESCE(SUM(hits), 0) FROM cached_images").fetchone()[0]
-            )
+            rows = self.db.fetch_all(conn, "SELECT COALESCE(SUM(hits), 0) FROM cached_images")
+        return int(rows[0][0])
+
+    def newest_access(self) -> float | None:
+        """The latest ``last_accessed`` of any row (None: no rows): the most
+        recent moment the cache is known to have been used."""
+        with self.db.connect() as conn:
+            value = conn.execute(
+                "SELECT MAX(last_accessed) FROM cached_images"
+                " WHERE typeof(last_accessed) IN ('real', 'integer')"  # text sorts above numbers
+            ).fetchone()[0]
+        return None if value is None else float(value)
 
 
 __all__ = ["BaseScan", "CachedRow", "Driver", "delete_cached_file", "fsync_directory"]

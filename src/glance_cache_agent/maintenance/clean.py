@@ -4,25 +4,30 @@ Glance's cleaner deletes every ``incomplete/`` file older than ``stall_time``
 by mtime alone, so a short stall time kills downloads in flight. We keep a
 file when either test says it is alive:
 
-* some process holds it open for writing (``/proc``), or
+* some process holds it open for writing (``/proc``, matched by inode, so a
+  writer in another mount namespace such as a container counts), or
 * it changed (size, mtime or inode) between the plan's observation and the
   one taken just before deleting it.
 
 A file whose mtime lies in the future is kept and reported: the clock, not
-the file, is suspect.
+the file, is suspect. Processes whose descriptors the agent may not read are
+counted in ``uninspectable_processes``: a download held by one of them would
+not be recognised (run as root, or as glance-api's user, for full protection).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..driver import Driver, FileInfo, external_lock, files_open_for_writing
+from ..driver import Driver, FileIdentity, FileInfo, external_lock, scan_writers
 from .results import CleanResult, try_remove
 
 LOCK_NAME = "glance-cache-clean"
+LOG = logging.getLogger("glance_cache_agent.maintenance")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class CleanPlan:
     active: list[FileInfo] = field(default_factory=list)
     future: list[FileInfo] = field(default_factory=list)
     invalid_in_grace: list[FileInfo] = field(default_factory=list)
+    #: processes whose descriptors could not be read while planning
+    uninspectable: int = 0
 
     def result(self, dry_run: bool) -> CleanResult:
         invalid_bytes = sum(i.size for i in self.invalid)
@@ -60,6 +67,7 @@ class CleanPlan:
             skipped_active=len(self.active),
             skipped_future=len(self.future),
             invalid_in_grace=len(self.invalid_in_grace),
+            uninspectable_processes=self.uninspectable,
             files=[i.path for i in (*self.invalid, *self.stalled)],
         )
 
@@ -69,7 +77,7 @@ def plan_clean(
     incomplete: list[FileInfo],
     policy: CleanPolicy,
     now: float,
-    busy: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
+    busy: set[FileIdentity] | frozenset[FileIdentity] = frozenset(),
 ) -> CleanPlan:
     """Decide over scans of ``invalid/`` and ``incomplete/``; touches nothing.
 
@@ -97,7 +105,13 @@ def plan_clean(
     return plan
 
 
-def _remove_unchanged(info: FileInfo, result: CleanResult, busy: set[tuple[int, int]]) -> bool:
+def _identities(files: list[FileInfo]) -> set[FileIdentity]:
+    return {(i.device, i.inode) for i in files}
+
+
+def _remove_unchanged(
+    info: FileInfo, result: CleanResult, busy: frozenset[FileIdentity] = frozenset()
+) -> bool:
     """Delete ``info`` if it is exactly as planned and nobody writes it."""
     try:
         st = os.lstat(info.path)
@@ -121,18 +135,20 @@ def execute_clean(
         skipped_active=len(plan.active),
         skipped_future=len(plan.future),
         invalid_in_grace=len(plan.invalid_in_grace),
+        uninspectable_processes=plan.uninspectable,
     )
     for info in plan.invalid:
-        if _remove_unchanged(info, result, set()):
+        if _remove_unchanged(info, result):
             result.invalid_removed += 1
             result.invalid_bytes += info.size
             result.files.append(info.path)
     if plan.stalled:
         if policy.settle_time > 0:
             pause(policy.settle_time)
-        busy = files_open_for_writing(driver.layout.state_dir("incomplete"))
+        scan = scan_writers(_identities(plan.stalled))
+        result.uninspectable_processes = scan.uninspectable
         for info in plan.stalled:
-            if _remove_unchanged(info, result, busy):
+            if _remove_unchanged(info, result, scan.busy):
                 result.stalled_removed += 1
                 result.stalled_bytes += info.size
                 result.files.append(info.path)
@@ -154,14 +170,27 @@ def run_clean(
     def plan() -> CleanPlan:
         incomplete = driver.scan_state("incomplete")
         moment = time.time() if now is None else now
-        busy = (
-            files_open_for_writing(driver.layout.state_dir("incomplete"))
-            if any(i.mtime < moment - policy.stall_time for i in incomplete)
-            else set()
-        )
-        return plan_clean(driver.scan_state("invalid"), incomplete, policy, moment, busy)
+        old = [i for i in incomplete if i.mtime < moment - policy.stall_time]
+        scan = scan_writers(_identities(old))
+        made = plan_clean(driver.scan_state("invalid"), incomplete, policy, moment, scan.busy)
+        made.uninspectable = scan.uninspectable
+        return made
 
     if dry_run:
-        return plan().result(dry_run=True)
-    with external_lock(driver.lock_dir, LOCK_NAME, timeout=lock_timeout):
-        return execute_clean(driver, plan(), policy, pause)
+        result = plan().result(dry_run=True)
+    else:
+        with external_lock(driver.lock_dir, LOCK_NAME, timeout=lock_timeout):
+            result = execute_clean(driver, plan(), policy, pause)
+    _warn_if_blind(result)
+    return result
+
+
+def _warn_if_blind(result: CleanResult) -> None:
+    """Say so when some writer could have gone unseen."""
+    if result.uninspectable_processes:
+        LOG.warning(
+            "Could not inspect the open files of %d processes (another user's, a non-dumpable"
+            " or a more privileged one); a stalled-looking download held by one of them is not"
+            " recognised. Run the agent as root, or as glance-api's user with glance-api dumpable",
+            result.uninspectable_processes,
+        )

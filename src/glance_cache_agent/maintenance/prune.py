@@ -15,11 +15,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..driver import CachedRow, Driver, FileInfo, external_lock, fsync_directory
-from .results import PruneResult, note_failure
+from ..driver import (
+    CachedRow,
+    Driver,
+    DriverError,
+    FileInfo,
+    external_lock,
+    fsync_directory,
+)
+from ..driver.crashpoints import crash_point
+from .idle import ClockStep, idle_clock
+from .results import PruneResult, fail_partway, note_failure
 from .snapshot import PruneView, take_streaming_snapshot
 
 LOCK_NAME = "glance-cache-prune"
@@ -97,7 +106,14 @@ class PrunePlan:
         )
 
 
-def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = None) -> PrunePlan:
+def plan_prune(
+    snapshot: PruneView,
+    policy: PrunePolicy,
+    now: float | None = None,
+    *,
+    newest_access: float | None = None,
+    clock_steps: Sequence[ClockStep] = (),
+) -> PrunePlan:
     """Choose victims over a snapshot; touches nothing and always terminates.
 
     Candidates are tracked images (row and file) in ``(last_accessed,
@@ -105,6 +121,8 @@ def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = Non
     order, so one pass takes every idle image and then keeps going while the
     projected size is above the target. When untracked bytes alone exceed the
     target no image is evicted for size: evicting them all would not reach it.
+    ``newest_access`` and ``clock_steps`` guard idle eviction against
+    wall-clock steps (``idle.py``).
     """
     moment = snapshot.taken_at if now is None else now
     size = snapshot.size_bytes
@@ -118,7 +136,7 @@ def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = Non
         target = min(target, size - deficit) if over_size else size - deficit
     target = max(0, target)
     size_driven = (over_size or deficit > 0) and untracked <= target
-    idle_cutoff = None if policy.max_idle is None else moment - policy.max_idle
+    idle = idle_clock(policy.max_idle, moment, newest_access, clock_steps)
 
     victims: list[Victim] = []
     projected = size
@@ -128,14 +146,14 @@ def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = Non
         if row.image_id in policy.protected_images:
             protected += 1
             continue
-        idle = idle_cutoff is not None and row.last_accessed < idle_cutoff
-        if not (idle or (size_driven and projected > target)):
+        is_idle = idle is not None and idle.is_idle(row.last_accessed)
+        if not (is_idle or (size_driven and projected > target)):
             stopped_by = "target_reached"
             break
         if limit is not None and len(victims) >= limit:
             stopped_by = "max_images"
             break
-        victims.append(Victim(row=row, file=info, idle=idle))
+        victims.append(Victim(row=row, file=info, idle=is_idle))
         projected -= info.size
     else:
         stopped_by = "no_candidates" if size_driven and projected > target else "target_reached"
@@ -162,9 +180,15 @@ def plan_prune(snapshot: PruneView, policy: PrunePolicy, now: float | None = Non
 
 
 def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> list[Victim]:
-    """Unlink the batch's files that are still exactly as planned."""
+    """Unlink the batch's files that are still exactly as planned.
+
+    A victim whose file was replaced since planning (re-cached: Glance's
+    commit keeps the old row, and its old ``last_accessed``) has its row
+    touched, so the fresh copy is not the next run's first victim.
+    """
     current = driver.rows_by_id(v.image_id for v in batch)
-    evicted = []
+    evicted: list[Victim] = []
+    recached: list[str] = []
     for victim in batch:
         row = current.get(victim.image_id)
         if row is None or row.last_accessed != victim.row.last_accessed:
@@ -177,6 +201,7 @@ def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> li
             continue
         if not victim.file.same_file(st):
             result.skipped_images.append(victim.image_id)  # re-cached since planning
+            recached.append(victim.image_id)
             continue
         try:
             os.unlink(victim.file.path)
@@ -186,7 +211,10 @@ def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> li
         except OSError as exc:
             note_failure(result.errors, victim.file.path, exc)
             continue
+        crash_point("prune:unlinked")  # test-only; off unless armed
         evicted.append(victim)
+    if recached:
+        driver.touch_rows(recached, time.time())
     return evicted
 
 
@@ -206,6 +234,31 @@ def execute_prune(
     result.pruned_images = result.pruned_bytes = 0
     result.images = []
     result.idle_images = result.hits_evicted = 0
+    try:
+        _evict_batches(driver, plan, policy, result, pause, stop)
+    except (DriverError, OSError) as exc:
+        # what was evicted stays reported: the exception carries the result
+        result.stopped_by, result.error = "error", str(exc)
+        result.size_after = result.size_before - result.pruned_bytes
+        fail_partway(exc, result)
+        raise
+    result.size_after = result.size_before - result.pruned_bytes
+    if result.stopped_by == "target_reached" and result.size_after > result.target_bytes:
+        result.stopped_by = "victims_changed"  # skipped or failed victims: next run continues
+    return result
+
+
+def _evict_batches(
+    driver: Driver,
+    plan: PrunePlan,
+    policy: PrunePolicy,
+    result: PruneResult,
+    pause: Callable[[float], None],
+    stop: Callable[[], bool] | None,
+) -> None:
+    """The batch loop of ``execute_prune``; ``result`` counts an image as
+    evicted once its file is gone (a row delete failing after that leaves a
+    phantom row, which reconcile drops)."""
     deadline = None if policy.time_budget is None else time.monotonic() + policy.time_budget
     batch_size = max(1, policy.batch_size)
     if plan.victims:
@@ -222,19 +275,24 @@ def execute_prune(
         evicted = _evict_files(driver, plan.victims[start : start + batch_size], result)
         if not evicted:
             continue
-        fsync_directory(driver.base_dir)
-        # a file re-cached since our unlink keeps its row (else: an orphan)
-        driver.delete_rows([v.image_id for v in evicted], only_if_file_missing=True)
         for victim in evicted:
             result.images.append(victim.image_id)
             result.pruned_bytes += victim.file.size
             result.idle_images += victim.idle
             result.hits_evicted += victim.row.hits
         result.pruned_images = len(result.images)
-    result.size_after = result.size_before - result.pruned_bytes
-    if result.stopped_by == "target_reached" and result.size_after > result.target_bytes:
-        result.stopped_by = "victims_changed"  # skipped or failed victims: next run continues
-    return result
+        fsync_directory(driver.base_dir)
+        # a file re-cached since our unlink keeps its row (else: an orphan)
+        driver.delete_rows([v.image_id for v in evicted], only_if_file_missing=True)
+
+
+def _plan(
+    driver: Driver, policy: PrunePolicy, now: float | None, clock_steps: Sequence[ClockStep]
+) -> PrunePlan:
+    """Snapshot and plan; the newest read is looked up only when idle eviction is on."""
+    snapshot = take_streaming_snapshot(driver, now)
+    newest = None if policy.max_idle is None else driver.newest_access()
+    return plan_prune(snapshot, policy, newest_access=newest, clock_steps=clock_steps)
 
 
 def run_prune(
@@ -246,10 +304,15 @@ def run_prune(
     lock_timeout: float | None = 60.0,
     pause: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
+    clock_steps: Sequence[ClockStep] = (),
 ) -> PruneResult:
-    """Snapshot, plan and (unless ``dry_run``) evict under Glance's prune lock."""
+    """Snapshot, plan and (unless ``dry_run``) evict under Glance's prune lock.
+
+    ``clock_steps``: forward wall-clock steps the daemon observed, which idle
+    ageing leaves out (``idle.py``).
+    """
     if dry_run:
-        return plan_prune(take_streaming_snapshot(driver, now), policy).result(dry_run=True)
+        return _plan(driver, policy, now, clock_steps).result(dry_run=True)
     with external_lock(driver.lock_dir, LOCK_NAME, timeout=lock_timeout):
-        plan = plan_prune(take_streaming_snapshot(driver, now), policy)
+        plan = _plan(driver, policy, now, clock_steps)
         return execute_prune(driver, plan, policy, pause, stop)

@@ -4,7 +4,10 @@ Glance has no such step, so its caches drift: files without rows (orphans)
 count toward the size but are never pruned, rows without files (phantoms)
 are listed and "pruned" at 0 bytes, and a re-cache behind an existing row
 leaves its size wrong. Reconcile fixes each, and never touches lock files,
-the database or its side files, or names that are not image ids.
+the database or its side files, or files whose name is not a UUID (Glance
+issues only UUIDs: an operator's ``backup`` is foreign, never adopted).
+Rows whose id is not a UUID (NULL, ``README``, ``queue``) can never be
+served by Glance: reconcile removes them.
 
 Orphans younger than ``orphan_grace`` are left alone: Glance renames a file
 into place *before* inserting its row, so a brand-new file has no row yet.
@@ -42,6 +45,8 @@ class ReconcilePlan:
     orphans: list[FileInfo] = field(default_factory=list)
     orphans_in_grace: list[FileInfo] = field(default_factory=list)
     phantoms: list[str] = field(default_factory=list)
+    #: ids of rows that are not UUIDs, one per row ("" for a NULL id)
+    invalid_rows: list[str] = field(default_factory=list)
     sizes: list[tuple[CachedRow, FileInfo]] = field(default_factory=list)
     stale_queue: list[FileInfo] = field(default_factory=list)
     policy: ReconcilePolicy = field(default_factory=ReconcilePolicy)
@@ -62,6 +67,8 @@ class ReconcilePlan:
             orphan_policy=mode.value,
             orphans=[i.name for i in self.orphans],
             phantoms=list(self.phantoms),
+            invalid_rows_removed=len(self.invalid_rows),
+            invalid_rows=list(self.invalid_rows),
         )
 
 
@@ -79,6 +86,7 @@ def plan_reconcile(
         age = snapshot.taken_at - max(info.mtime, info.ctime)
         (plan.orphans if age >= policy.orphan_grace else plan.orphans_in_grace).append(info)
     plan.phantoms = snapshot.phantoms()
+    plan.invalid_rows = list(snapshot.invalid_rows)
     for _key, (row, info) in sorted(snapshot.tracked().items()):
         if row.size != info.size:
             plan.sizes.append((row, info))
@@ -118,6 +126,8 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
 
     result.phantoms_removed = driver.delete_rows(plan.phantoms, only_if_file_missing=True)
     result.phantoms = list(plan.phantoms)
+    result.invalid_rows_removed = driver.delete_rows_not_images(plan.invalid_rows)
+    result.invalid_rows = list(plan.invalid_rows)
     result.sizes_fixed = driver.set_sizes(
         [(row.image_id, info.size) for row, info in plan.sizes if _unchanged(info)]
     )

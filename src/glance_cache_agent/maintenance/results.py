@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..driver import delete_cached_file
+from ..driver.crashpoints import crash_point
 
 LOG = logging.getLogger("glance_cache_agent.maintenance")
 
@@ -33,7 +34,35 @@ def try_remove(path: str, errors: list[str]) -> bool:
     except OSError as exc:
         note_failure(errors, path, exc)
         return False
+    crash_point("remove")  # test-only; off unless armed
     return True
+
+
+@runtime_checkable
+class Report(Protocol):
+    """Anything a command prints as its ``--json`` document."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+#: the attribute under which a failed run's exception carries its partial result
+_PARTIAL = "partial_result"
+
+
+def fail_partway(exc: BaseException, result: Report) -> None:
+    """Let ``exc`` carry what the run did before it failed.
+
+    The exception keeps its type (callers still catch DatabaseLocked,
+    DatabaseReadOnly, OSError as before) and the CLI can still print what
+    was done and what was not (``partial_result``).
+    """
+    setattr(exc, _PARTIAL, result)
+
+
+def partial_result(exc: BaseException) -> Report | None:
+    """The result a failed run attached to its exception, if any."""
+    found = getattr(exc, _PARTIAL, None)
+    return found if isinstance(found, Report) else None
 
 
 @dataclass
@@ -60,6 +89,11 @@ class CleanResult(_Result):
     skipped_future: int = 0
     #: invalid files kept because they are younger than ``invalid_grace``
     invalid_in_grace: int = 0
+    #: processes whose open files could not be read when stalled files were
+    #: checked (another user's, or not dumpable, while the agent is not root):
+    #: a download held by one of them is not recognised. 0 when no file was
+    #: old enough to need the check.
+    uninspectable_processes: int = 0
     files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -82,8 +116,12 @@ class PruneResult(_Result):
     #: ``no_candidates`` (every remaining image is protected) or
     #: ``victims_changed`` (victims were read, re-cached or could not be
     #: deleted after planning, so the target was not reached this run) or
-    #: ``stopped`` (the agent was asked to shut down between two batches)
+    #: ``stopped`` (the agent was asked to shut down between two batches) or
+    #: ``error`` (the database or directory failed: see ``error``)
     stopped_by: str = "not_triggered"
+    #: bytes of image files without a row: part of the size, never evictable
+    #: (foreign files are not part of the size, so not counted here; status
+    #: and the metric add them)
     untracked_bytes: int = 0
     #: hits the evicted images had (keeps a monotonic hit counter monotonic)
     hits_evicted: int = 0
@@ -92,6 +130,8 @@ class PruneResult(_Result):
     #: victims left alone because they changed after planning (read, re-cached, gone)
     skipped_images: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: why the run stopped part-way (``stopped_by: error``); None when it did not
+    error: str | None = None
 
 
 @dataclass
@@ -110,4 +150,33 @@ class ReconcileResult(_Result):
     orphan_policy: str = "adopt"
     orphans: list[str] = field(default_factory=list)
     phantoms: list[str] = field(default_factory=list)
+    #: rows whose id is not a UUID (NULL, ``README``...): never servable, removed
+    invalid_rows_removed: int = 0
+    #: their ids, one per row; a NULL id is shown as ""
+    invalid_rows: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeleteResult:
+    """What ``delete-cached`` or ``delete-all-cached`` removed, and what not."""
+
+    deleted: list[str] = field(default_factory=list)
+    #: ids with no cached file (a row of theirs, if any, is deleted all the same)
+    not_found: list[str] = field(default_factory=list)
+    #: id -> why its file or row could not be deleted; the other ids were still tried
+    failed: dict[str, str] = field(default_factory=dict)
+    #: ids never tried because the run stopped on ``error``
+    not_attempted: list[str] = field(default_factory=list)
+    #: why the run stopped part-way (a database or directory failure)
+    error: str | None = None
+
+    def failure_fields(self) -> dict[str, Any]:
+        """``failed``, ``not_attempted`` and ``error`` when anything failed, else nothing,
+        so the document of a run that succeeded keeps its usual keys only."""
+        if not (self.failed or self.not_attempted or self.error):
+            return {}
+        return {"failed": self.failed, "not_attempted": self.not_attempted, "error": self.error}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"deleted": self.deleted, "not_found": self.not_found, **self.failure_fields()}

@@ -4,6 +4,11 @@ Rows are read *before* the directory is scanned. Glance commits by renaming
 the file into place and then inserting the row, so in this order a commit
 racing the snapshot shows up as a young orphan (protected by the orphan
 grace), never as a row without a file.
+
+Only UUID-named files are images (``EntryKind.IMAGE``); only rows keyed by a
+UUID can match one. Rows with any other id (NULL, ``README``, a state
+directory's name) are kept apart as ``invalid_rows``: Glance can never serve
+them, and reconcile removes them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..driver import BaseScan, CachedRow, Driver, FileInfo, looks_like_lock_file
+from ..driver import BaseScan, CachedRow, Driver, EntryKind, FileInfo, is_uuid
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,12 @@ class CacheSnapshot:
     """Rows, base-directory files and free space at one moment."""
 
     taken_at: float
+    #: rows keyed by a UUID: the only rows that can describe an image file
     rows: dict[str, CachedRow]
     base: BaseScan
     filesystem: FilesystemUsage
+    #: ids of rows that are not UUIDs, one per row, sorted (NULL reads as "")
+    invalid_rows: tuple[str, ...] = ()
 
     @property
     def size_bytes(self) -> int:
@@ -73,18 +81,21 @@ class CacheSnapshot:
         }
 
     def orphans(self) -> list[FileInfo]:
-        """Image files without a row (excluding zero-byte lock-like names)."""
+        """Image files without a row."""
         return sorted(
-            (
-                info
-                for key, info in self.base.images.items()
-                if key not in self.rows and not looks_like_lock_file(info)
-            ),
+            (info for key, info in self.base.images.items() if key not in self.rows),
             key=lambda i: i.name,
         )
 
     def untracked_bytes(self) -> int:
+        """Bytes of image files without a row: the part of ``size_bytes``
+        prune can never evict (foreign files are not part of the size)."""
         return sum(info.size for key, info in self.base.images.items() if key not in self.rows)
+
+    def foreign(self) -> list[FileInfo]:
+        """Files of the base directory whose name is not a UUID (and not the
+        database, its side files or a lock file): never touched."""
+        return sorted(self.base.others.get(EntryKind.FOREIGN, []), key=lambda i: i.name)
 
     def lru_candidates(self, bytes_wanted: int = 0) -> Iterator[tuple[CachedRow, FileInfo]]:
         """Tracked images in eviction order: ``(last_accessed, image_id)``."""
@@ -98,13 +109,20 @@ class CacheSnapshot:
 
 def take_snapshot(driver: Driver, now: float | None = None) -> CacheSnapshot:
     """Read every row, then scan the base directory, then ``statvfs``."""
-    rows = {row.image_id: row for row in driver.list_rows()}
+    rows: dict[str, CachedRow] = {}
+    invalid: list[str] = []
+    for row in driver.list_rows():
+        if is_uuid(row.image_id):
+            rows[row.image_id] = row
+        else:
+            invalid.append(row.image_id)
     base = driver.scan_base()
     return CacheSnapshot(
         taken_at=time.time() if now is None else now,
         rows=rows,
         base=base,
         filesystem=FilesystemUsage.of(driver.base_dir),
+        invalid_rows=tuple(sorted(invalid)),
     )
 
 
