@@ -50,11 +50,11 @@ from bench_driver import CacheSpec, build_cache, log, print_report, remove_tree 
 from bench_driver import machine_facts as driver_machine_facts  # noqa: E402
 from prometheus_client import generate_latest  # noqa: E402
 
-from glance_cache_agent.config_model import CacheConfig, Config, MetricsConfig  # noqa: E402
+from glance_cache_agent.config import CacheConfig, Config, MetricsConfig  # noqa: E402
 from glance_cache_agent.driver import CacheSettings, Driver  # noqa: E402
-from glance_cache_agent.http import MetricsServer  # noqa: E402
-from glance_cache_agent.metrics import AgentMetrics, CacheStateCollector, build_registry  # noqa: E402
-from glance_cache_agent.runner import open_driver  # noqa: E402
+from glance_cache_agent.exporter.endpoint import MetricsServer  # noqa: E402
+from glance_cache_agent.exporter.metrics import AgentMetrics, CacheStateCollector, build_registry  # noqa: E402
+from glance_cache_agent.service.runner import open_driver  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"

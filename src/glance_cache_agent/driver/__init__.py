@@ -1,9 +1,13 @@
-"""The driver core: Glance's sqlite cache driver, reimplemented.
+"""The driver core: Glance's cache driver, reimplemented.
 
-Import what you need from here; the submodules are an implementation detail.
-The driver knows nothing of the agent.
+``CacheDriver`` (``base.py``) is Glance's driver API over the cache's files
+(``files.py``) and one ``MetadataStore`` (``store.py``); ``Driver``
+(``sqlite.py``) is Glance's sqlite driver, whose store is ``cache.db``
+(``sqlite_store.py``). Import what you need from here; the submodules are an
+implementation detail. The driver knows nothing of the agent.
 """
 
+from .base import CacheDriver
 from .errors import (
     BadDriverConfiguration,
     BadRowValue,
@@ -18,12 +22,14 @@ from .errors import (
     SchemaMismatch,
     UnsafeLockFile,
 )
+from .files import BaseScan, CacheFiles, delete_cached_file, fsync_directory
 from .ids import image_id_problem, is_uuid, validate_image_id
 from .layout import STATES, CacheLayout, EntryKind, FileInfo
 from .openfiles import FileIdentity, WriterScan, scan_writers
 from .oslo_lock import LockTimeout, external_lock
 from .settings import CacheSettings
-from .sqlite import BaseScan, CachedRow, Driver, delete_cached_file, fsync_directory
+from .sqlite import Driver
+from .store import CachedRow, MetadataStore
 
 __all__ = [
     "STATES",
@@ -31,6 +37,8 @@ __all__ = [
     "BadRowValue",
     "BaseScan",
     "CacheDirectoryError",
+    "CacheDriver",
+    "CacheFiles",
     "CacheLayout",
     "CacheSettings",
     "CachedRow",
@@ -46,6 +54,7 @@ __all__ = [
     "FileInfo",
     "InvalidImageId",
     "LockTimeout",
+    "MetadataStore",
     "SchemaMismatch",
     "UnsafeLockFile",
     "WriterScan",

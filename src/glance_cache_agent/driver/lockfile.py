@@ -22,8 +22,11 @@ Refusals raise UnsafeLockFile naming the path and the reason.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import time
+from collections.abc import Callable
 
 from .errors import UnsafeLockFile
 
@@ -119,3 +122,40 @@ def _hand_to_directory_owner(fd: int, directory: os.stat_result) -> None:
     """
     if os.geteuid() == 0 and (directory.st_uid, directory.st_gid) != (0, 0):
         os.fchown(fd, directory.st_uid, directory.st_gid)
+
+
+#: errnos of a non-blocking lock attempt that mean "someone else holds it"
+_BUSY = {errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK}
+
+
+def wait_for_lock(
+    fd: int,
+    *,
+    record_lock: bool,
+    timeout: float | None,
+    poll: float,
+    stop: Callable[[], bool] | None = None,
+    started: float | None = None,
+) -> float | None:
+    """Take an exclusive lock on ``fd``, polling; None once it is held.
+
+    ``record_lock`` True takes a POSIX ``lockf`` record lock (what
+    oslo.concurrency takes, owned by the process), False an ``flock`` (owned
+    by the open file). ``timeout`` None waits for as long as it takes, 0
+    tries once. Returns the seconds waited (counted from ``started``, a
+    ``time.monotonic()`` value, default now) when the wait ran out or
+    ``stop`` answered True; the caller raises its own error.
+    """
+    take = fcntl.lockf if record_lock else fcntl.flock
+    begun = time.monotonic() if started is None else started
+    while True:
+        try:
+            take(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+        waited = time.monotonic() - begun
+        if (timeout is not None and waited >= timeout) or (stop is not None and stop()):
+            return waited
+        time.sleep(poll)

@@ -14,7 +14,6 @@ against two threads of one process both "holding" the file lock.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import threading
@@ -22,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 from .errors import DriverError
-from .lockfile import open_lock_file
+from .lockfile import open_lock_file, wait_for_lock
 
 _thread_locks: dict[str, threading.Lock] = {}
 _registry_guard = threading.Lock()
@@ -63,17 +62,11 @@ def external_lock(lock_path: str, name: str, timeout: float | None = None) -> It
         # create as root goes to lock_path's owner, where glance-api opens it
         fd = open_lock_file(lock_path, name, os.O_WRONLY | os.O_APPEND)
         try:
-            while True:
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                        raise
-                    waited = time.monotonic() - started
-                    if timeout is not None and waited >= timeout:
-                        raise LockTimeout(path, waited) from None
-                    time.sleep(POLL_INTERVAL)
+            waited = wait_for_lock(
+                fd, record_lock=True, timeout=timeout, poll=POLL_INTERVAL, started=started
+            )
+            if waited is not None:
+                raise LockTimeout(path, waited)
             try:
                 yield path
             finally:

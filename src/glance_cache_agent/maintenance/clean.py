@@ -17,17 +17,17 @@ not be recognised (run as root, or as glance-api's user, for full protection).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..driver import Driver, FileIdentity, FileInfo, external_lock, scan_writers
+from ..driver import CacheDriver, FileIdentity, FileInfo, external_lock, scan_writers
+from ..log import get_logger
 from .results import CleanResult, try_remove
 
 LOCK_NAME = "glance-cache-clean"
-LOG = logging.getLogger("glance_cache_agent.maintenance")
+LOG = get_logger("glance_cache_agent.maintenance")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _remove_unchanged(
 
 
 def execute_clean(
-    driver: Driver,
+    driver: CacheDriver,
     plan: CleanPlan,
     policy: CleanPolicy,
     pause: Callable[[float], None] = time.sleep,
@@ -157,7 +157,7 @@ def execute_clean(
 
 
 def run_clean(
-    driver: Driver,
+    driver: CacheDriver,
     policy: CleanPolicy,
     *,
     dry_run: bool = False,
@@ -189,8 +189,8 @@ def _warn_if_blind(result: CleanResult) -> None:
     """Say so when some writer could have gone unseen."""
     if result.uninspectable_processes:
         LOG.warning(
-            "Could not inspect the open files of %d processes (another user's, a non-dumpable"
+            "could not inspect the open files of processes (another user's, a non-dumpable"
             " or a more privileged one); a stalled-looking download held by one of them is not"
             " recognised. Run the agent as root, or as glance-api's user with glance-api dumpable",
-            result.uninspectable_processes,
+            processes=result.uninspectable_processes,
         )

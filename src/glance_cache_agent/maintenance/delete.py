@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..driver import Driver, DriverError, delete_cached_file, fsync_directory
+from ..driver import CacheDriver, DriverError, delete_cached_file, fsync_directory
 from .results import LOG, DeleteResult, fail_partway
 
 #: ids per batch: one directory fsync and one short row transaction each
@@ -25,7 +25,7 @@ BATCH_SIZE = 500
 
 
 def delete_cached_images(
-    driver: Driver, image_ids: Sequence[str], batch_size: int = BATCH_SIZE
+    driver: CacheDriver, image_ids: Sequence[str], batch_size: int = BATCH_SIZE
 ) -> DeleteResult:
     """Delete each id's cached file and row; report every id's fate.
 
@@ -37,7 +37,7 @@ def delete_cached_images(
     ids = list(image_ids)
     tried = 0
     try:
-        driver.check_writable()
+        driver.store.check_writable()
         for start in range(0, len(ids), max(1, batch_size)):
             batch = ids[start : start + max(1, batch_size)]
             tried = start + len(batch)
@@ -48,7 +48,7 @@ def delete_cached_images(
     return result
 
 
-def delete_all_cached_images(driver: Driver) -> DeleteResult:
+def delete_all_cached_images(driver: CacheDriver) -> DeleteResult:
     """Every image file and every row, as Glance's ``delete_all_cached_images``.
 
     Files that are not images (foreign names, lock files, the database) are
@@ -57,14 +57,14 @@ def delete_all_cached_images(driver: Driver) -> DeleteResult:
     """
     result = delete_cached_images(driver, sorted(driver.scan_base().images))
     try:
-        driver.delete_rows(driver.row_ids(), only_if_file_missing=True)
+        driver.delete_rows(list(driver.store.iter_row_ids()), only_if_file_missing=True)
     except DriverError as exc:
         _stop(exc, result, [])
         raise
     return result
 
 
-def delete_queued_images(driver: Driver, image_ids: Sequence[str]) -> DeleteResult:
+def delete_queued_images(driver: CacheDriver, image_ids: Sequence[str]) -> DeleteResult:
     """Delete each id's queue entry (no row involved); a failure fails that id only."""
     result = DeleteResult()
     for image_id in image_ids:
@@ -72,14 +72,14 @@ def delete_queued_images(driver: Driver, image_ids: Sequence[str]) -> DeleteResu
         try:
             driver.delete_queued_image(image_id)
         except OSError as exc:
-            LOG.warning("Failed to delete queue entry %s: %s", image_id, exc)
+            LOG.warning("failed to delete queue entry", image_id=image_id, error=str(exc))
             result.failed[image_id] = exc.strerror or str(exc)
             continue
         (result.deleted if present else result.not_found).append(image_id)
     return result
 
 
-def _delete_batch(driver: Driver, batch: list[str], result: DeleteResult) -> None:
+def _delete_batch(driver: CacheDriver, batch: list[str], result: DeleteResult) -> None:
     """Unlink the batch's files, then delete the rows of those that went."""
     removed: dict[str, bool] = {}  # id -> whether it had a cached file
     for image_id in batch:
@@ -88,7 +88,9 @@ def _delete_batch(driver: Driver, batch: list[str], result: DeleteResult) -> Non
         try:
             delete_cached_file(path)
         except OSError as exc:
-            LOG.warning("Failed to delete '%s': %s; trying the other images", path, exc)
+            LOG.warning(
+                "failed to delete file; trying the other images", path=path, error=str(exc)
+            )
             result.failed[image_id] = exc.strerror or str(exc)
             continue
         removed[image_id] = present

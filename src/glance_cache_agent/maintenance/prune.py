@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..driver import (
+    CacheDriver,
     CachedRow,
-    Driver,
     DriverError,
     FileInfo,
     external_lock,
@@ -179,19 +179,19 @@ def plan_prune(
     )
 
 
-def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> list[Victim]:
+def _evict_files(driver: CacheDriver, batch: list[Victim], result: PruneResult) -> list[Victim]:
     """Unlink the batch's files that are still exactly as planned.
 
     A victim whose file was replaced since planning (re-cached: Glance's
     commit keeps the old row, and its old ``last_accessed``) has its row
     touched, so the fresh copy is not the next run's first victim.
     """
-    current = driver.rows_by_id(v.image_id for v in batch)
+    current = driver.store.rows_by_id(v.image_id for v in batch)
     evicted: list[Victim] = []
     recached: list[str] = []
     for victim in batch:
         row = current.get(victim.image_id)
-        if row is None or row.last_accessed != victim.row.last_accessed:
+        if row is None or not row.unchanged_since(victim.row):
             result.skipped_images.append(victim.image_id)  # read or deleted since planning
             continue
         try:
@@ -214,12 +214,12 @@ def _evict_files(driver: Driver, batch: list[Victim], result: PruneResult) -> li
         crash_point("prune:unlinked")  # test-only; off unless armed
         evicted.append(victim)
     if recached:
-        driver.touch_rows(recached, time.time())
+        driver.store.touch_rows(recached, time.time())
     return evicted
 
 
 def execute_prune(
-    driver: Driver,
+    driver: CacheDriver,
     plan: PrunePlan,
     policy: PrunePolicy,
     pause: Callable[[float], None] = time.sleep,
@@ -249,7 +249,7 @@ def execute_prune(
 
 
 def _evict_batches(
-    driver: Driver,
+    driver: CacheDriver,
     plan: PrunePlan,
     policy: PrunePolicy,
     result: PruneResult,
@@ -262,7 +262,7 @@ def _evict_batches(
     deadline = None if policy.time_budget is None else time.monotonic() + policy.time_budget
     batch_size = max(1, policy.batch_size)
     if plan.victims:
-        driver.check_writable()  # a database we cannot write: fail before unlinking anything
+        driver.store.check_writable()  # a database we cannot write: fail before unlinking anything
     for start in range(0, len(plan.victims), batch_size):
         if start and deadline is not None and time.monotonic() >= deadline:
             result.stopped_by = "time_budget"
@@ -287,16 +287,16 @@ def _evict_batches(
 
 
 def _plan(
-    driver: Driver, policy: PrunePolicy, now: float | None, clock_steps: Sequence[ClockStep]
+    driver: CacheDriver, policy: PrunePolicy, now: float | None, clock_steps: Sequence[ClockStep]
 ) -> PrunePlan:
     """Snapshot and plan; the newest read is looked up only when idle eviction is on."""
     snapshot = take_streaming_snapshot(driver, now)
-    newest = None if policy.max_idle is None else driver.newest_access()
+    newest = None if policy.max_idle is None else driver.store.newest_access()
     return plan_prune(snapshot, policy, newest_access=newest, clock_steps=clock_steps)
 
 
 def run_prune(
-    driver: Driver,
+    driver: CacheDriver,
     policy: PrunePolicy,
     *,
     dry_run: bool = False,

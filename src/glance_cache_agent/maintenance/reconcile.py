@@ -19,7 +19,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 
-from ..driver import CachedRow, Driver, FileInfo, external_lock
+from ..driver import CacheDriver, CachedRow, FileInfo, external_lock
 from .clean import LOCK_NAME as CLEAN_LOCK
 from .prune import LOCK_NAME as PRUNE_LOCK
 from .results import ReconcileResult, try_remove
@@ -103,7 +103,7 @@ def _unchanged(info: FileInfo) -> bool:
         return False
 
 
-def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
+def execute_reconcile(driver: CacheDriver, plan: ReconcilePlan) -> ReconcileResult:
     """Apply a plan, re-checking each item against the live state first."""
     result = ReconcileResult(
         dry_run=False,
@@ -117,7 +117,7 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
     if mode is OrphanPolicy.ADOPT:
         result.orphans_adopted = driver.adopt_files(orphans)
     elif mode is OrphanPolicy.DELETE:
-        rows_now = driver.rows_by_id(i.name for i in orphans)
+        rows_now = driver.store.rows_by_id(i.name for i in orphans)
         for info in orphans:
             if info.name not in rows_now and try_remove(info.path, result.errors):
                 result.orphans_removed += 1  # (a row Glance inserted meanwhile keeps its file)
@@ -126,9 +126,9 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
 
     result.phantoms_removed = driver.delete_rows(plan.phantoms, only_if_file_missing=True)
     result.phantoms = list(plan.phantoms)
-    result.invalid_rows_removed = driver.delete_rows_not_images(plan.invalid_rows)
+    result.invalid_rows_removed = driver.store.delete_invalid_rows(plan.invalid_rows)
     result.invalid_rows = list(plan.invalid_rows)
-    result.sizes_fixed = driver.set_sizes(
+    result.sizes_fixed = driver.store.set_sizes(
         [(row.image_id, info.size) for row, info in plan.sizes if _unchanged(info)]
     )
     for entry in plan.stale_queue:
@@ -139,7 +139,7 @@ def execute_reconcile(driver: Driver, plan: ReconcilePlan) -> ReconcileResult:
 
 
 def run_reconcile(
-    driver: Driver,
+    driver: CacheDriver,
     policy: ReconcilePolicy,
     *,
     dry_run: bool = False,

@@ -7,14 +7,14 @@ the document the real run would, with ``dry_run`` true.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..driver import delete_cached_file
 from ..driver.crashpoints import crash_point
+from ..log import get_logger
 
-LOG = logging.getLogger("glance_cache_agent.maintenance")
+LOG = get_logger("glance_cache_agent.maintenance")
 
 
 def note_failure(errors: list[str], path: str, exc: OSError) -> None:
@@ -23,7 +23,7 @@ def note_failure(errors: list[str], path: str, exc: OSError) -> None:
     Maintenance skips what it cannot delete and carries on; the run's result
     and the log both say what was skipped.
     """
-    LOG.warning("Failed to remove '%s': %s; skipping it", path, exc)
+    LOG.warning("failed to remove file; skipping it", path=path, error=str(exc))
     errors.append(f"{path}: {exc.strerror or exc}")
 
 

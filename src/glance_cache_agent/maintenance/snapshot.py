@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..driver import BaseScan, CachedRow, Driver, EntryKind, FileInfo, is_uuid
+from ..driver import BaseScan, CacheDriver, CachedRow, EntryKind, FileInfo, is_uuid
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,11 @@ class CacheSnapshot:
         return sorted(key for key in self.rows if key not in self.base.images)
 
 
-def take_snapshot(driver: Driver, now: float | None = None) -> CacheSnapshot:
+def take_snapshot(driver: CacheDriver, now: float | None = None) -> CacheSnapshot:
     """Read every row, then scan the base directory, then ``statvfs``."""
     rows: dict[str, CachedRow] = {}
     invalid: list[str] = []
-    for row in driver.list_rows():
+    for row in driver.store.list_rows():
         if is_uuid(row.image_id):
             rows[row.image_id] = row
         else:
@@ -136,7 +136,7 @@ class StreamingSnapshot:
     evicts k images touches about k rows, not all of them.
     """
 
-    driver: Driver
+    driver: CacheDriver
     taken_at: float
     size_bytes: int
     untracked: int
@@ -152,13 +152,13 @@ class StreamingSnapshot:
         average = self.size_bytes / self.image_files if self.image_files else 0
         expected = int(bytes_wanted / average * 1.25) + 100 if average else 0
         first_page = min(max(1000, expected), 20000)
-        for row in self.driver.iter_rows_lru(page_size=first_page):
+        for row in self.driver.store.iter_rows_lru(page_size=first_page):
             info = self.driver.stat_image(row.image_id)
             if info is not None:
                 yield row, info
 
 
-def take_streaming_snapshot(driver: Driver, now: float | None = None) -> StreamingSnapshot:
+def take_streaming_snapshot(driver: CacheDriver, now: float | None = None) -> StreamingSnapshot:
     """Measure the base directory (streamed) and the filesystem for a prune."""
     size, untracked, image_files = driver.measure_base()
     return StreamingSnapshot(
