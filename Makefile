@@ -60,11 +60,14 @@ test-unit: $(STAMP)
 AGENT_BENCH_ARGS ?=
 # LOCK_BENCH_ARGS to bench_lock_etiquette.py (Glance's write waits beside a prune; exits 1 on a missed target).
 LOCK_BENCH_ARGS ?=
+# CENTRALIZED_BENCH_ARGS to bench_centralized.py (centralized_db prune on a throwaway PostgreSQL).
+CENTRALIZED_BENCH_ARGS ?=
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_driver.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_agent.py $(AGENT_BENCH_ARGS)
 	$(BIN)/python bench/bench_lock_etiquette.py $(LOCK_BENCH_ARGS)
+	$(BIN)/python bench/bench_centralized.py $(CENTRALIZED_BENCH_ARGS)
 
 # config.example.yaml and the role's config-key argument specs, from the key table
 # (src/glance_cache_agent/config/keys.py); tests/unit/test_config_keys.py fails on drift.

@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 
 from glance_cache_agent.driver import CacheSettings, Driver
+from tests.helpers.dbservers import (  # noqa: F401  (fixtures: real database servers)
+    glance_db,
+    glance_db_sqlite,
+    mariadb_server,
+    postgres_server,
+)
 
 
 @pytest.fixture

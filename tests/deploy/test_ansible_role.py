@@ -426,6 +426,72 @@ def test_preflight_rejects_relative_glance_config(empty_root: Root) -> None:
     assert "glance_cache_agent_glance_config needs absolute paths" in run.output
 
 
+# ------------------------------------------------------------ centralized_db
+
+#: the database password: it may reach the rendered config, never ansible's output
+SECRET = "n0t-for-the-logs"
+DATABASE_URL = f"postgresql://glance:{SECRET}@db.example.test/glance"
+NODE_URL = "http://glance-1.example.test:9292"
+
+
+def test_by_default_the_agent_follows_the_nodes_glance_config() -> None:
+    """Driver, database and node come from glance-api.conf unless the inventory says otherwise."""
+    defaults = _defaults()
+    assert defaults["glance_cache_agent_glance_config"] == ["/etc/glance/glance-api.conf"]
+    assert defaults["glance_cache_agent_driver"] is None
+    assert defaults["glance_cache_agent_database_url"] == ""
+    assert defaults["glance_cache_agent_node_url"] is None
+
+
+def test_a_centralized_glance_config_is_followed_by_reference(empty_root: Root) -> None:
+    """Glance's config says centralized_db: the rendered config names Glance's file and the
+    agent takes driver, database and node from it; the password is copied nowhere."""
+    empty_root.glance_conf.write_text(
+        f"[DEFAULT]\nimage_cache_driver = centralized_db\nworker_self_reference_url = {NODE_URL}\n"
+        f"[database]\nconnection = {DATABASE_URL}\n"
+        f"[oslo_concurrency]\nlock_path = {empty_root.lock_dir}\n"
+    )
+    run = empty_root.converge("-v", "--diff")
+    assert run.returncode == 0, run.output[-5000:]
+    assert SECRET not in run.output
+    path = empty_root.config_dir / "config.yaml"
+    assert SECRET not in path.read_text()
+    config = load_config(str(path))
+    assert list(config.cache.glance_config) == [str(empty_root.glance_conf)]
+    assert (config.cache.driver, config.cache.node_url) == ("centralized_db", NODE_URL)
+    assert config.cache.database == DATABASE_URL
+
+
+#: the two ways an inventory can pass the URL
+URL_OVERRIDES: dict[str, dict[str, Any]] = {
+    "variable": {"glance_cache_agent_database_url": DATABASE_URL},
+    "config_overrides": {
+        "glance_cache_agent_config_overrides": {"cache": {"database": DATABASE_URL}}
+    },
+}
+
+
+@pytest.mark.parametrize("given_as", sorted(URL_OVERRIDES))
+def test_a_database_url_override_never_reaches_ansibles_output(
+    empty_root: Root, given_as: str
+) -> None:
+    """An explicit URL must be written for the agent, but the tasks handling it are no_log:
+    neither -v nor --diff shows it, and only root and the agent's group can read the file."""
+    empty_root.write_playbook({
+        **empty_root.role_vars(),
+        "glance_cache_agent_driver": "centralized_db",
+        "glance_cache_agent_node_url": NODE_URL,
+        **URL_OVERRIDES[given_as],
+    })  # fmt: skip
+    run = empty_root.converge("-v", "--diff")
+    assert run.returncode == 0, run.output[-5000:]
+    assert SECRET not in run.output
+    path = empty_root.config_dir / "config.yaml"
+    assert load_config(str(path)).cache.database == DATABASE_URL
+    assert _mode(path) == 0o640
+    assert grp.getgrgid(path.stat().st_gid).gr_name == GROUP
+
+
 # ------------------------------------------------------------ run.yml
 
 

@@ -59,6 +59,8 @@ ROLE_VARS = {
 #: The change an operator rolls out: prune every other day (no run during the tests).
 CHANGED = {"glance_cache_agent_tasks": {"prune": {"interval": "2d", "jitter": "0s"}}}
 CHANGED_INTERVAL = 2 * 86400
+#: The node's glance-api.conf, which the role points the agent at by default.
+GLANCE_API_CONF = f"[DEFAULT]\nimage_cache_driver = sqlite\nimage_cache_dir = {CACHE}\n"
 
 
 @pytest.fixture(scope="module", params=list(DISTROS))
@@ -82,6 +84,9 @@ def deployment(
                    "--shell", "/usr/sbin/nologin", "glance")  # fmt: skip
         host.check("install", "-d", "-o", "glance", "-g", "glance", "-m", "0750",
                    "/var/lib/glance", CACHE)  # fmt: skip
+        host.check("install", "-d", "-m", "0755", "/etc/glance")
+        host.check("install", "-m", "0640", "-g", "glance", "/dev/stdin",
+                   "/etc/glance/glance-api.conf", input=GLANCE_API_CONF)  # fmt: skip
         deployed.runs["first"] = deployed.converge()
         if deployed.runs["first"].returncode == 0:
             deployed.runs["second"] = deployed.converge()

@@ -84,6 +84,8 @@ REQUIRED_PANELS = {
     "Predicted free space",
     "Eviction churn",
     "Task schedule",
+    # issue 11: which store (sqlite or centralized_db) and node_reference_url each node uses
+    "Driver and node",
 }
 #: a series name in PromQL: letters, digits, underscores and (recording rules) colons
 NAME = re.compile(r"\b([a-zA-Z_][a-zA-Z0-9_]*(?::[a-zA-Z0-9_]+)*)\b(?!\s*\()")

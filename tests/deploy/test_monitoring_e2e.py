@@ -377,6 +377,8 @@ EXPECTED: dict[tuple[str, str], Check] = {
     ("Cache hit rate", "B"): nothing,
     ("Top images by hits", "A"): top_images("hits"),
     ("Top images by hits", "B"): top_images("size"),
+    # the demo cache's rows are in cache.db: no node_url label
+    ("Driver and node", "A"): by_label("driver", lambda _t: {"sqlite": equals(1)}),
     ("Time since last success", "A"): per_task(lambda v: 0 <= v < 30),
     ("Task failures", "A"): per_task(equals(0)),
     ("Task runs and failures", "A"): per_task(positive),
@@ -676,7 +678,7 @@ def run_checks(
             seen.add(key)
             labels = legend_labels(target)
             if panel["type"] == "table":
-                labels |= {"instance", "image_id"}
+                labels |= {"instance", "image_id" if "image" in target["expr"] else "driver"}
 
             def full_check(
                 series: Series,

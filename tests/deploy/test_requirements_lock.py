@@ -8,6 +8,7 @@ import re
 import tomllib
 from importlib import metadata
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -67,7 +68,11 @@ def test_the_lock_holds_exactly_what_the_dependencies_pull_in() -> None:
         if name in wanted:
             continue
         wanted.add(name)
-        todo += [Requirement(r) for r in metadata.requires(name) or []]
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            pytest.fail(f"{name} is not installed here: make install")
+        todo += [Requirement(r) for r in requires]
         todo = [r for r in todo if _applies(r)]
     assert set(_locked()) == wanted
 

@@ -187,9 +187,19 @@ def test_run_template_is_a_oneshot_at_least_as_hardened_as_the_daemon() -> None:
         if daemon.get(key) != oneshot.get(key)
     }
     assert different == {}
-    # stricter than the daemon: a run needs no network
-    assert _one(oneshot, "PrivateNetwork") == "yes"
-    assert _one(oneshot, "RestrictAddressFamilies") == "AF_UNIX"
+
+
+@pytest.mark.parametrize("name", [SERVICE, RUN_TEMPLATE])
+def test_both_units_can_reach_a_centralized_database(name: str) -> None:
+    """centralized_db: a run, like the daemon, talks to Glance's database over TCP or its
+    unix socket, so neither unit may cut the network off."""
+    unit = _unit(name)["Service"]
+    families = set(_one(unit, "RestrictAddressFamilies").split())
+    assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= families
+    assert "PrivateNetwork" not in unit
+    assert "IPAddressDeny" not in unit  # an operator's drop-in adds it with the db's address
+    for key in ("InaccessiblePaths", "TemporaryFileSystem"):  # /run/postgresql, /run/mysqld
+        assert key not in unit
 
 
 def _exec_condition(instance: str) -> subprocess.CompletedProcess[str]:

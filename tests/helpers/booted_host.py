@@ -128,9 +128,10 @@ class Host:
         self, *argv: str, input: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the container (all its namespaces), as root."""
+        # a session of its own: nothing run inside may signal the test's process group
         return subprocess.run(
             self.enter(*argv), input=input, capture_output=True, text=True, timeout=timeout,
-            env=self.env(),
+            env=self.env(), start_new_session=True,
         )  # fmt: skip
 
     def check(self, *argv: str, input: str | None = None, timeout: float = 120) -> str:

@@ -132,7 +132,11 @@ class Deployment:
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def main_pid(self) -> int:
-        return int(self.show(SERVICE, "MainPID")["MainPID"])
+        """The agent's main PID; fails unless it runs (``kill 0`` would signal the
+        test's own process group, which nsenter shares)."""
+        pid = int(self.show(SERVICE, "MainPID")["MainPID"])
+        assert pid > 1, f"{SERVICE} has no main process"
+        return pid
 
     def http_get(self, path: str) -> tuple[int, str]:
         """GET on the agent's endpoint from inside the host (a minimal host has no curl)."""

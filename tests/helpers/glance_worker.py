@@ -110,12 +110,7 @@ class Worker:
         from tests.helpers.glance_harness import load_glance
 
         self.harness = load_glance()
-        # load_glance silences "glance" entirely; we want its ERROR records.
-        glance_logger = logging.getLogger("glance")
-        glance_logger.setLevel(logging.ERROR)
-        glance_logger.propagate = False
-        self.log = _LogCapture()
-        glance_logger.addHandler(self.log)
+        self._capture_glance_errors()
 
         self.harness.configure(
             self.cache_dir,
@@ -135,6 +130,14 @@ class Worker:
                 if time.monotonic() > deadline:
                     raise
         self._instrument()
+
+    def _capture_glance_errors(self) -> None:
+        """Collect Glance's ERROR records (load_glance silences "glance" entirely)."""
+        glance_logger = logging.getLogger("glance")
+        glance_logger.setLevel(logging.ERROR)
+        glance_logger.propagate = False
+        self.log = _LogCapture()
+        glance_logger.addHandler(self.log)
 
     def _instrument(self) -> None:
         """Time every ``common.get_db`` block the sqlite driver opens."""
@@ -198,8 +201,9 @@ class Worker:
             return False
         return st.st_nlink > 0 and (on_disk.st_dev, on_disk.st_ino) == (st.st_dev, st.st_ino)
 
-    def write(self, held: bool = False) -> None:
-        image_id = self._new_id()
+    def write(self, held: bool = False, image_id: str | None = None) -> None:
+        """Cache a new image (or ``image_id`` again); record what went wrong."""
+        image_id = image_id or self._new_id()
         chunks = _payload(self.rng.randrange(64 * KIB, 512 * KIB + 1))
         self._op = "write"
         vanished = False
@@ -299,6 +303,19 @@ class Worker:
 
     # -------------------------------------------------------------------- loop
 
+    def random_op(self, r: float) -> None:
+        """One operation of the seeded mix, chosen by ``r`` in [0, 1)."""
+        if r < 0.40:
+            self.write()
+        elif r < 0.82:
+            self.read()
+        elif r < 0.91:
+            self.abandon_raise()
+        elif r < 0.985:
+            self.abandon_close()
+        else:
+            self.crashed_write()
+
     def run(self) -> None:
         duration = float(self.config["duration"])
         hold_every, first_hold = self.config["hold_every_ops"], self.config["hold_first_op"]
@@ -314,17 +331,7 @@ class Worker:
             if self.config["think"] > 0:
                 # a glance-api's cache traffic comes in between image transfers
                 time.sleep(self.rng.expovariate(1 / self.config["think"]))
-            r = self.rng.random()
-            if r < 0.40:
-                self.write()
-            elif r < 0.82:
-                self.read()
-            elif r < 0.91:
-                self.abandon_raise()
-            elif r < 0.985:
-                self.abandon_close()
-            else:
-                self.crashed_write()
+            self.random_op(self.rng.random())
         self.counts["elapsed"] = round(time.monotonic() - started, 3)  # type: ignore[assignment]
 
     def report(self) -> dict[str, Any]:
@@ -343,9 +350,9 @@ class Worker:
         }
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], worker_class: type[Worker] = Worker) -> int:
     config = json.loads(argv[1])
-    worker = Worker(config)
+    worker = worker_class(config)
     worker.setup()
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":

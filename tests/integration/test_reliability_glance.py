@@ -35,6 +35,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,9 +178,42 @@ class Agent:
             self.errors += [f"reconcile: {e}" for e in r.errors]
 
 
+
+def _go_while(
+    procs: list[tuple[dict[str, Any], subprocess.Popen[str]]],
+    cycle: Callable[[], None],
+    duration: float,
+    tmp_path: Path,
+) -> float:
+    """Tell the ready workers to go, run ``cycle`` (the agent's runs) until they
+    all end, check each ended cleanly; return how long they ran."""
+    for _config, proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    started = time.monotonic()
+    while any(proc.poll() is None for _c, proc in procs):
+        cycle()
+        assert time.monotonic() < started + duration + HANG_GUARD, "workers did not stop"
+    elapsed = time.monotonic() - started
+    for config, proc in procs:
+        assert proc.returncode == 0, (
+            config["index"],
+            proc.returncode,
+            (tmp_path / f"worker-{config['index']}.err").read_text()[-3000:],
+        )
+    return elapsed
+
 def _start_workers(
-    tmp_path: Path, cache: Path, locks: Path, counter: Path, duration: float
+    tmp_path: Path,
+    cache: Path,
+    locks: Path,
+    counter: Path,
+    duration: float,
+    module: str = "tests.helpers.glance_worker",
+    extra: dict[str, Any] | None = None,
 ) -> list[tuple[dict[str, Any], subprocess.Popen[str]]]:
+    """Start the ``WORKERS`` worker processes (``module``; ``extra`` joins their config)."""
     procs = []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -201,12 +235,13 @@ def _start_workers(
             "think": THINK_TIME,
             "hold_deadline": HANG_GUARD,
             "result": str(tmp_path / f"worker-{index}.json"),
+            **(extra or {}),
         }
         procs.append(
             (
                 config,
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.helpers.glance_worker", json.dumps(config)],
+                    [sys.executable, "-m", module, json.dumps(config)],
                     cwd=REPO,
                     env=env,
                     stdin=subprocess.PIPE,
@@ -245,21 +280,7 @@ def test_agent_beside_four_live_glance_workers(tmp_path: Path) -> None:
 
         # The workers' Glance created cache.db; the agent only opens it.
         agent = Agent(CacheSettings(cache_dir=str(cache), lock_path=str(locks)), counter)
-        for _config, proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        started = time.monotonic()
-        while any(proc.poll() is None for _c, proc in procs):
-            agent.cycle()
-            assert time.monotonic() < started + duration + HANG_GUARD, "workers did not stop"
-        elapsed = time.monotonic() - started
-        for config, proc in procs:
-            assert proc.returncode == 0, (
-                config["index"],
-                proc.returncode,
-                Path(tmp_path / f"worker-{config['index']}.err").read_text()[-3000:],
-            )
+        elapsed = _go_while(procs, agent.cycle, duration, tmp_path)
         results = [json.loads(Path(c["result"]).read_text()) for c, _p in procs]
     finally:
         _stop(procs)
@@ -307,7 +328,7 @@ def test_agent_beside_four_live_glance_workers(tmp_path: Path) -> None:
 
 def _report(
     results: list[dict[str, Any]],
-    agent: Agent,
+    agent: Any,  # Agent here; the centralized test's CLI agent has the same figures
     elapsed: float,
     duration: float,
     final: Any,

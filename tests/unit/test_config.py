@@ -677,18 +677,6 @@ def driver_error(tmp_path: Path, api: str, cache: str | None = None) -> str:
     return str(error_of(tmp_path, yaml_for(files)))
 
 
-@pytest.mark.parametrize("driver", ["centralized_db", "Centralized_DB"])
-def test_centralized_db_driver_is_refused(tmp_path: Path, driver: str) -> None:
-    api = f"[DEFAULT]\nimage_cache_dir = /srv/cache\nimage_cache_driver = {driver}\n"
-    message = driver_error(tmp_path, api)
-    conf = tmp_path / "glance" / "glance-api.conf"
-    assert message == (
-        f"{conf}:3: [DEFAULT] image_cache_driver: is '{driver}': its cache.db is stale or empty"
-        " (image metadata lives in Glance's database), so this agent refuses to manage this"
-        " cache; only the sqlite driver is supported"
-    )
-
-
 def test_xattr_and_unknown_drivers_are_refused(tmp_path: Path) -> None:
     xattr = driver_error(
         tmp_path, "[DEFAULT]\nimage_cache_dir = /srv/c\nimage_cache_driver = xattr\n"
@@ -699,7 +687,7 @@ def test_xattr_and_unknown_drivers_are_refused(tmp_path: Path) -> None:
     )
     assert other.endswith(
         "is 'redis': it is not a driver this agent knows, so this agent refuses to manage this"
-        " cache; only the sqlite driver is supported"
+        " cache; only the sqlite and centralized_db drivers are supported"
     )
 
 
@@ -707,20 +695,10 @@ def test_later_file_switching_the_driver_is_refused(tmp_path: Path) -> None:
     message = driver_error(
         tmp_path,
         "[DEFAULT]\nimage_cache_dir = /srv/c\nimage_cache_driver = sqlite\n",
-        "[DEFAULT]\nimage_cache_driver = centralized_db\n",
+        "[DEFAULT]\nimage_cache_driver = xattr\n",
     )
     assert message.startswith(
         f"{tmp_path / 'glance' / 'glance-cache.conf'}:2: [DEFAULT] image_cache_driver"
-    )
-
-
-def test_unset_driver_is_refused(tmp_path: Path) -> None:
-    message = driver_error(tmp_path, "[DEFAULT]\nimage_cache_dir = /srv/c\n")
-    assert message == (
-        f"{tmp_path / 'config.yaml'}:2: cache.glance_config: no Glance config file sets"
-        " [DEFAULT] image_cache_driver; Glance 2024.1 (28.0.0) and later default to"
-        " centralized_db, which this agent cannot manage, so set image_cache_driver = sqlite"
-        " explicitly in the Glance config"
     )
 
 
@@ -729,7 +707,7 @@ def test_driver_in_another_section_does_not_count(tmp_path: Path) -> None:
         tmp_path,
         "[DEFAULT]\nimage_cache_dir = /srv/c\n[glance_store]\nimage_cache_driver = sqlite\n",
     )
-    assert "no Glance config file sets [DEFAULT] image_cache_driver" in message
+    assert "centralized_db (Glance's default: no Glance config file sets [DEFAULT]" in message
 
 
 def test_sqlite_driver_any_case_is_accepted_and_yaml_needs_no_driver(tmp_path: Path) -> None:

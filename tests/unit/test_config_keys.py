@@ -37,9 +37,15 @@ ROLE_SCALAR_VARS: dict[str, tuple[str, bool]] = {
     "glance_cache_agent_max_size": ("cache.max_size", True),
     "glance_cache_agent_stall_time": ("cache.stall_time", True),
     "glance_cache_agent_lock_path": ("cache.lock_path", True),
+    "glance_cache_agent_node_url": ("cache.node_url", True),
     "glance_cache_agent_metrics_listen": ("metrics.listen", False),
     "glance_cache_agent_log_level": ("logging.level", False),
     "glance_cache_agent_log_format": ("logging.format", False),
+}
+#: Role defaults that differ from the agent's on purpose: the role deploys on a glance-api
+#: node, whose glance-api.conf says the driver and database (issue 11).
+ROLE_OWN_DEFAULTS: dict[str, Any] = {
+    "glance_cache_agent_glance_config": ["/etc/glance/glance-api.conf"],
 }
 #: Role variables that hold a whole config section as a mapping.
 ROLE_SECTION_VARS = {f"glance_cache_agent_{s}": s for s in ("tasks", "prune", "clean", "reconcile")}
@@ -87,7 +93,7 @@ def test_role_config_variables_follow_the_table() -> None:
     options = _role_options()
     for variable, (name, from_glance) in ROLE_SCALAR_VARS.items():
         row = key(name)
-        expected = None if from_glance else row.default
+        expected = ROLE_OWN_DEFAULTS.get(variable, None if from_glance else row.default)
         assert defaults[variable] == expected, variable
         assert options[variable].get("choices", []) == list(row.choices), variable
     for variable in ROLE_SECTION_VARS:

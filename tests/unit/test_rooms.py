@@ -22,10 +22,14 @@ PACKAGE = Path(glance_cache_agent.__file__).parent
 ALLOWED: dict[str, set[str]] = {
     "driver": {"driver", "log"},
     "maintenance": {"maintenance", "driver", "log"},
-    "config": {"config", "maintenance", "driver", "log", "errors"},
-    "exporter": {"exporter", "maintenance", "driver", "config", "service", "log", "errors"},
-    "service": {"service", "exporter", "maintenance", "driver", "config", "log", "errors"},
-}
+    "config": {"config", "maintenance", "driver", "log", "errors", "redact"},
+    "exporter": {
+        "exporter", "maintenance", "driver", "config", "service", "log", "errors", "redact"
+    },
+    "service": {
+        "service", "exporter", "maintenance", "driver", "config", "log", "errors", "redact"
+    },
+}  # fmt: skip
 
 #: the only modules that may import stdlib ``logging`` (the others use ``log.get_logger``)
 STDLIB_LOGGING = {"log.py", "service/logs.py"}

@@ -9,7 +9,14 @@ re-raised with its traceback.
 from __future__ import annotations
 
 from ..driver import DriverError, InvalidImageId, LockTimeout
+from ..driver.errors import (
+    DatabaseUnavailable,
+    GlanceSchemaMismatch,
+    NodeNotRegistered,
+    UnsupportedDatabase,
+)
 from ..errors import AgentError, ExitCode
+from ..redact import mask_text
 
 __all__ = ["DRIVER_EXIT_CODES", "UsageError", "failure"]
 
@@ -25,6 +32,12 @@ class UsageError(AgentError):
 DRIVER_EXIT_CODES: dict[type[BaseException], ExitCode] = {
     LockTimeout: ExitCode.LOCKED,
     InvalidImageId: ExitCode.USAGE,
+    # the database the config names is not one the agent can work on: fix the config
+    GlanceSchemaMismatch: ExitCode.CONFIG,
+    NodeNotRegistered: ExitCode.CONFIG,
+    UnsupportedDatabase: ExitCode.CONFIG,
+    # the server is down or refuses the login: a failed run, retried on schedule
+    DatabaseUnavailable: ExitCode.FAILED,
     DriverError: ExitCode.FAILED,
     OSError: ExitCode.FAILED,
 }
@@ -50,6 +63,9 @@ def _exit_code(exc: BaseException) -> ExitCode | None:
 
 
 def failure(exc: BaseException) -> tuple[str, ExitCode] | None:
-    """The error line and exit code for ``exc``; None when it is not a known failure."""
+    """The error line and exit code for ``exc``; None when it is not a known failure.
+
+    A database URL quoted in the line never shows its password.
+    """
     code = _exit_code(exc)
-    return None if code is None else (_describe(exc), code)
+    return None if code is None else (mask_text(_describe(exc)), code)

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("delete-all-queued", "delete every queue entry (needs --yes)"),
     ):
         command(name, text).add_argument("--yes", action="store_true", help="really do it")
+    p = command("nodes", "every node's cache from Glance's database (centralized_db; read-only)")
+    p.add_argument("image_id", nargs="?", metavar="IMAGE_ID", help="only the nodes caching it")
     p = command("check-config", "validate a config file and print the effective config")
     p.add_argument("path", nargs="?", help="config file to check (default: as -c)")
     return parser

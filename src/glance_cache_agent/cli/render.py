@@ -15,7 +15,7 @@ from ..maintenance import CleanResult, PruneResult, ReconcileResult
 from ..maintenance.results import DeleteResult, Report
 
 if TYPE_CHECKING:
-    from ..exporter.cache_state import CacheState
+    from ..exporter.cache_state import CacheState, StoreInfo
 
 __all__ = [
     "CachedEntry",
@@ -147,10 +147,11 @@ def _foreign_summary(state: CacheState) -> str:
     return f"{state.foreign_files} ({listed}; never touched)"
 
 
-def render_status(state: CacheState, cache_dir: str) -> str:
+def render_status(state: CacheState, cache_dir: str, store: StoreInfo) -> str:
     """``status``: one aligned line per figure."""
     rows = [
         ("cache", cache_dir),
+        *[(key.replace("_", " "), value) for key, value in store.as_dict().items()],
         ("size", f"{iec(state.size_bytes)} of {iec(state.max_size_bytes)}"),
         ("cached images", str(state.cached_images)),
         ("queued images", str(state.queued_images)),

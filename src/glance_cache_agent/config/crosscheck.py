@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 
 from .keys import TASK_NAMES
 from .model import Config, TaskSchedule
@@ -20,6 +21,7 @@ __all__ = [
     "DANGEROUS_DIRS",
     "GLANCE_INIT_LOCK",
     "check_cache_dir",
+    "check_driver",
     "check_schedules",
     "config_warnings",
 ]
@@ -60,6 +62,42 @@ def check_cache_dir(value: Value) -> None:
         )
 
 
+#: what centralized_db needs, and the Glance option it defaults to
+_CENTRALIZED_NEEDS = (
+    ("cache.database", "[database] connection"),
+    ("cache.node_url", "[DEFAULT] worker_self_reference_url"),
+)
+
+
+def check_driver(values: dict[str, Value]) -> None:
+    """Resolve a null ``cache.driver`` (sqlite) and refuse a centralized_db
+    cache without a database URL or a node URL, naming where each comes from.
+
+    Runs after Glance's files are merged, so a null driver here means no
+    ``glance_config`` was given.
+    """
+    driver = values.get("cache.driver")
+    if driver is not None and driver.value is None:
+        values["cache.driver"] = replace(driver, value="sqlite")
+        return
+    if driver is None or driver.value != "centralized_db":
+        return
+    files = values.get("cache.glance_config")
+    for key, glance_option in _CENTRALIZED_NEEDS:
+        found = values.get(key)
+        if found is not None and found.value is not None:
+            continue
+        if files is not None and files.value:
+            raise files.error(
+                f"cache.driver is centralized_db ({driver.source}), but {key} is not set here"
+                f" and no Glance config file sets {glance_option}; set one of them"
+            )
+        raise driver.error(
+            f"is centralized_db but {key} is not set: set it, or name glance-api.conf in"
+            f" cache.glance_config to read it from {glance_option}"
+        )
+
+
 def check_schedules(values: Mapping[str, Value]) -> None:
     """Every cron expression parses as the scheduler will run it (else the
     error names its line)."""
@@ -83,7 +121,8 @@ def config_warnings(config: Config) -> list[str]:
     yet), and a lock directory glance-api evidently does not use: its driver
     leaves ``image_cache_db_init`` in its lock_path when it creates
     ``cache.db``, so a cache.db without that file beside our lock_path means
-    the agent's locks would not exclude Glance's own prune and clean.
+    the agent's locks would not exclude Glance's own prune and clean (sqlite
+    only: with centralized_db a leftover ``cache.db`` proves nothing).
     """
     cache = config.cache
     warnings = []
@@ -100,7 +139,8 @@ def config_warnings(config: Config) -> list[str]:
     lock_dir = cache.lock_path or cache.dir
     db = os.path.join(cache.dir, cache.db)
     marker = os.path.join(lock_dir, GLANCE_INIT_LOCK)
-    if os.path.isfile(db) and os.path.isdir(lock_dir) and not os.path.lexists(marker):
+    sqlite = cache.driver == "sqlite"  # centralized_db never creates the marker
+    if sqlite and os.path.isfile(db) and os.path.isdir(lock_dir) and not os.path.lexists(marker):
         warnings.append(
             f"{db} exists but {marker} does not: glance-api takes its locks in another"
             " directory, so its prune and clean would not exclude the agent's; set"

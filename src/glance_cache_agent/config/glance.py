@@ -1,10 +1,13 @@
 """Glance's own settings as config values: ``cache.glance_config``.
 
 glance-api's ini files (read by ``glance_ini`` with oslo.config's rules)
-supply the ``image_cache_*`` options and ``lock_path``, so the agent and
-glance-api agree on the cache without the operator copying values. Each
-option is checked like the YAML key it fills, errors name the Glance file
-and line, and a cache whose Glance driver is not ``sqlite`` is refused.
+supply the ``image_cache_*`` options, ``lock_path``, ``worker_self_reference_url``
+and ``[database] connection``, so the agent and glance-api agree on the
+cache without the operator copying values (nor the database password).
+Each option is checked like the YAML key it fills, errors name the Glance
+file and line (never the password), and a driver other than ``sqlite`` or
+``centralized_db`` is refused. An unset ``image_cache_driver`` means
+``centralized_db``, Glance's default since 2024.1.
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ import os
 import re
 from typing import Any
 
+from ..redact import mask_url
 from . import glance_ini
 from .errors import ConfigError
 from .reader import Value
-from .validate import absolute_path, db_name, normalize
+from .validate import absolute_path, database_url, db_name, normalize
+from .validate import text as non_empty_text
 
-__all__ = ["GLANCE_OPTIONS", "check_glance_files", "merge_glance", "resolve_glance_paths"]
+__all__ = [
+    "GLANCE_DEFAULT_DRIVER",
+    "GLANCE_OPTIONS",
+    "check_glance_files",
+    "merge_glance",
+    "resolve_glance_paths",
+]
 
 #: (section, option) in Glance's files -> our YAML key.
 GLANCE_OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -27,12 +38,25 @@ GLANCE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("DEFAULT", "image_cache_stall_time", "cache.stall_time"),
     ("DEFAULT", "image_cache_sqlite_db", "cache.db"),
     ("oslo_concurrency", "lock_path", "cache.lock_path"),
+    ("DEFAULT", "worker_self_reference_url", "cache.node_url"),
+    ("database", "connection", "cache.database"),
 )
 _DRIVER_OPTION = ("DEFAULT", "image_cache_driver")
+#: Glance's default driver since 2024.1 (28.0.0), and the drivers the agent manages.
+GLANCE_DEFAULT_DRIVER = "centralized_db"
+_DRIVERS = ("sqlite", "centralized_db")
+#: keys whose YAML ``null`` means "what Glance's files say" (not "none")
+_NULL_MEANS_GLANCE = ("cache.driver", "cache.database", "cache.node_url")
 
 _DRIVER_REFUSALS = {
-    "centralized_db": "its cache.db is stale or empty (image metadata lives in Glance's database)",
-    "xattr": "image metadata lives in extended attributes on the files, not in cache.db",
+    "xattr": "image metadata lives in extended attributes on the files, in no database",
+}
+_CHECKS = {
+    "cache.dir": absolute_path,
+    "cache.lock_path": absolute_path,
+    "cache.db": db_name,
+    "cache.node_url": non_empty_text,
+    "cache.database": database_url,
 }
 
 
@@ -49,11 +73,10 @@ def _glance_value(found: glance_ini.IniValue, yaml_key: str, text: str) -> Any:
         return _glance_int(found, text)
     if yaml_key == "cache.stall_time":
         return float(_glance_int(found, text))
-    check = absolute_path if yaml_key in ("cache.dir", "cache.lock_path") else db_name
     try:
-        return check(text)
+        return _CHECKS[yaml_key](text)
     except ValueError as exc:
-        shown = "" if text == found.text else f" (from {found.text!r})"
+        shown = "" if text == found.text else f" (from {mask_url(found.text)!r})"
         raise found.error(f"{exc}{shown}") from None
 
 
@@ -89,26 +112,22 @@ def _read_glance_files(files: tuple[str, ...]) -> tuple[dict[str, Value], Value 
     return values, driver
 
 
-def _check_glance_driver(driver: Value | None, files: Value) -> None:
-    """Refuse any cache that Glance does not manage with its sqlite driver.
+def _glance_driver(driver: Value | None, files: Value) -> Value:
+    """``cache.driver`` as Glance's files set it; any driver but ours is refused.
 
-    Unset is refused too: Glance 28.0.0 (2024.1) and later default to
-    ``centralized_db``; setting ``image_cache_driver = sqlite`` explicitly is
-    harmless on older Glance, whose default it already is.
+    Unset means ``centralized_db``: Glance 28.0.0 (2024.1) and later default
+    to it (older Glance defaulted to sqlite and is past its end of life).
     """
     if driver is None:
-        raise files.error(
-            "no Glance config file sets [DEFAULT] image_cache_driver; Glance 2024.1 (28.0.0)"
-            " and later default to centralized_db, which this agent cannot manage, so set"
-            " image_cache_driver = sqlite explicitly in the Glance config"
-        )
+        source = "Glance's default: no Glance config file sets [DEFAULT] image_cache_driver"
+        return Value(GLANCE_DEFAULT_DRIVER, source, files.path, files.line, files.key)
     name = driver.value.strip().lower()
-    if name == "sqlite":
-        return
+    if name in _DRIVERS:
+        return Value(name, driver.source, driver.path, driver.line, driver.key)
     why = _DRIVER_REFUSALS.get(name, "it is not a driver this agent knows")
     raise driver.error(
         f"is {driver.value!r}: {why}, so this agent refuses to manage this cache;"
-        " only the sqlite driver is supported"
+        " only the sqlite and centralized_db drivers are supported"
     )
 
 
@@ -146,11 +165,13 @@ def merge_glance(values: dict[str, Value]) -> None:
     if files is None or not files.value:
         return
     glance_values, driver = _read_glance_files(files.value)
-    _check_glance_driver(driver, files)
+    glance_values["cache.driver"] = _glance_driver(driver, files)
     if "cache.dir" not in glance_values and "cache.dir" not in values:
         raise files.error(
             "no Glance config file sets [DEFAULT] image_cache_dir (Glance's cache is disabled"
             " without it); set it there or set cache.dir"
         )
     for key, found in glance_values.items():
-        values.setdefault(key, found)
+        current = values.get(key)
+        if current is None or (key in _NULL_MEANS_GLANCE and current.value is None):
+            values[key] = found

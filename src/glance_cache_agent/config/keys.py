@@ -45,6 +45,10 @@ class Kind(enum.Enum):
     LISTEN = "listen address"
     CRON = "cron"
     IMAGE_IDS = "image ids"
+    #: an SQLAlchemy database URL; shown with its password masked
+    DATABASE_URL = "database URL"
+    #: free text, compared exactly (``cache.node_url``)
+    TEXT = "text"
     #: a nested mapping whose own keys are rows of the table (metrics.tls)
     MAPPING = "mapping"
 
@@ -135,11 +139,21 @@ KEYS: tuple[Key, ...] = (
     Key("cache.glance_config", Kind.PATH_LIST, [],
         "glance-api.conf / glance-cache.conf files (a path or a list; relative to this file)"
         " to read image_cache_dir, image_cache_max_size, image_cache_stall_time,"
-        " image_cache_sqlite_db and [oslo_concurrency] lock_path from; later files override"
-        " earlier ones and keys set in this file override both. When given, those files must"
-        " set image_cache_driver = sqlite: any other driver is refused, and so is an unset one,"
-        " because Glance 2024.1 and later default to centralized_db (whose cache.db is stale)."
-        " With no files, the agent trusts the keys above."),
+        " image_cache_sqlite_db, image_cache_driver, worker_self_reference_url, [database]"
+        " connection and [oslo_concurrency] lock_path from; later files override earlier ones"
+        " and keys set in this file override both. With no files, the agent trusts the keys"
+        " of this file."),
+    Key("cache.driver", Kind.CHOICE, None,
+        "Glance's image_cache_driver: sqlite (rows in cache.db) or centralized_db (rows in"
+        " Glance's database); null = what the Glance config says (unset there means"
+        " centralized_db, Glance's default since 2024.1), or sqlite without glance_config.",
+        nullable=True, choices=("sqlite", "centralized_db")),
+    Key("cache.database", Kind.DATABASE_URL, None,
+        "centralized_db: the SQLAlchemy URL of Glance's database (postgresql://, mysql+pymysql://);"
+        " null = Glance's [database] connection. Its password is never shown.", nullable=True),
+    Key("cache.node_url", Kind.TEXT, None,
+        "centralized_db: this node's node_reference_url, matched exactly; null = Glance's"
+        " worker_self_reference_url.", nullable=True),
     Key("cache.busy_timeout", Kind.DURATION, "5s",
         "How long the agent's own database connections wait for a lock (Glance's wait 0s and"
         " retry 2s)."),

@@ -143,6 +143,7 @@ def parse_config_text(text: str, path: str | None = None, check_schedules: bool 
         values["cache.glance_config"] = resolve_glance_paths(values["cache.glance_config"], path)
         check_glance_files(values["cache.glance_config"])
     merge_glance(values)
+    crosscheck.check_driver(values)
     if "cache.dir" in values:
         crosscheck.check_cache_dir(values["cache.dir"])
     return _build(path, values)

@@ -41,6 +41,12 @@ class CacheConfig:
     glance_config: tuple[str, ...] = default("cache.glance_config")
     #: how long our own database connections wait for a lock
     busy_timeout: float = default("cache.busy_timeout")
+    #: the metadata store: ``sqlite`` or ``centralized_db`` (the loader resolves null)
+    driver: str = default("cache.driver") or "sqlite"
+    #: centralized_db: the SQLAlchemy URL of Glance's database (holds its password)
+    database: str | None = field(default=default("cache.database"), repr=False)
+    #: centralized_db: this node's ``node_reference_url``
+    node_url: str | None = default("cache.node_url")
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 Every leaf key is shown with its effective value and where it came from;
 how a value prints follows from its kind in the key table (sizes in IEC
-units, durations with units). TLS files are shown by path only.
+units, durations with units). TLS files are shown by path only, and a
+database URL with its password masked (``***``), in text and JSON alike.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..redact import mask_url
 from .keys import KEYS, Kind
 from .loader import leaf_keys
 from .model import Config
@@ -39,6 +41,9 @@ def _effective_items(config: Config) -> list[tuple[str, Any]]:
             items += [(row.name, getattr(tls, row.leaf)) for row in KEYS if row.parent == _TLS]
         elif name == "reconcile.orphans":
             items.append((name, config.reconcile.orphans.value))
+        elif _KINDS[name] is Kind.DATABASE_URL:
+            url = getattr(getattr(config, section), rest)
+            items.append((name, None if url is None else mask_url(url)))
         else:
             items.append((name, getattr(getattr(config, section), rest)))
     return items

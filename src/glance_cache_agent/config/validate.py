@@ -17,10 +17,22 @@ from decimal import Decimal
 from typing import Any
 
 from ..driver import image_id_problem
+from ..redact import mask_url, url_scheme
 from .keys import Key, Kind
 from .units import NUMBER, format_duration, parse_duration, parse_size, show
 
-__all__ = ["Check", "check_for", "item_check", "normalize", "parse_default"]
+__all__ = [
+    "SUPPORTED_DATABASES",
+    "Check",
+    "check_for",
+    "database_url",
+    "item_check",
+    "normalize",
+    "parse_default",
+]
+
+#: SQLAlchemy dialects the centralized_db store runs on (sqlite: for tests).
+SUPPORTED_DATABASES = ("postgresql", "mysql", "mariadb", "sqlite")
 
 Check = Callable[[Any], Any]
 
@@ -127,6 +139,24 @@ def db_name(value: Any) -> str:
     if name.endswith("/") or os.path.basename(name) in (".", ".."):
         raise ValueError(f"must name a file, got {show(value)}")
     return name
+
+
+def database_url(value: Any) -> str:
+    """An SQLAlchemy URL of a supported database; errors never show its password."""
+    url = text(value)
+    scheme = url_scheme(url)
+    if scheme is None:
+        raise ValueError(
+            "must be an SQLAlchemy URL such as mysql+pymysql://glance:PASSWORD@db/glance"
+            " (no scheme:// found)"
+        )
+    dialect = scheme.partition("+")[0].lower()
+    if dialect not in SUPPORTED_DATABASES:
+        raise ValueError(
+            f"database {dialect!r} in {mask_url(url)!r} is not supported: use postgresql://,"
+            " mysql+pymysql:// (MySQL, MariaDB) or sqlite:// (tests)"
+        )
+    return url
 
 
 def _fraction(value: Any) -> float:
@@ -236,6 +266,8 @@ def _base_check(row: Key) -> Check:
         Kind.BOOLEAN: _boolean,
         Kind.LISTEN: _listen,
         Kind.CRON: _cron,
+        Kind.DATABASE_URL: database_url,
+        Kind.TEXT: text,
         Kind.MAPPING: _nested,
     }
     if row.kind in simple:

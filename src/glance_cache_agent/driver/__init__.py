@@ -5,6 +5,10 @@
 (``sqlite.py``) is Glance's sqlite driver, whose store is ``cache.db``
 (``sqlite_store.py``). Import what you need from here; the submodules are an
 implementation detail. The driver knows nothing of the agent.
+
+The centralized_db driver (``centralized.py``: ``open_centralized_driver``)
+is not re-exported: it imports SQLAlchemy, which commands on a sqlite cache
+must not pay for. Import it from ``driver.centralized`` where it is needed.
 """
 
 from .base import CacheDriver
@@ -17,10 +21,14 @@ from .errors import (
     DatabaseLocked,
     DatabaseMissing,
     DatabaseReadOnly,
+    DatabaseUnavailable,
     DriverError,
+    GlanceSchemaMismatch,
     InvalidImageId,
+    NodeNotRegistered,
     SchemaMismatch,
     UnsafeLockFile,
+    UnsupportedDatabase,
 )
 from .files import BaseScan, CacheFiles, delete_cached_file, fsync_directory
 from .ids import image_id_problem, is_uuid, validate_image_id
@@ -47,6 +55,7 @@ __all__ = [
     "DatabaseLocked",
     "DatabaseMissing",
     "DatabaseReadOnly",
+    "DatabaseUnavailable",
     "Driver",
     "DriverError",
     "EntryKind",
@@ -55,8 +64,11 @@ __all__ = [
     "InvalidImageId",
     "LockTimeout",
     "MetadataStore",
+    "NodeNotRegistered",
+    "GlanceSchemaMismatch",
     "SchemaMismatch",
     "UnsafeLockFile",
+    "UnsupportedDatabase",
     "WriterScan",
     "delete_cached_file",
     "external_lock",

@@ -32,6 +32,11 @@ from .store import CachedRow, MetadataStore
 class CacheDriver(CacheFiles):
     """A cache directory (``CacheFiles``) whose rows live in ``store``."""
 
+    #: Glance's ``image_cache_driver`` name for where the rows live.
+    driver_name: str = "sqlite"
+    #: this node's ``node_reference_url`` (centralized_db only), else None
+    node_url: str | None = None
+
     def __init__(self, settings: CacheSettings, store: MetadataStore) -> None:
         super().__init__(settings)
         self.store = store

@@ -50,7 +50,8 @@ class UnsafeLockFile(DriverError):
 
 
 class DatabaseError(DriverError):
-    """A problem with ``cache.db``; ``path`` names the file."""
+    """A problem with the metadata database; ``path`` names ``cache.db``, or
+    Glance's database URL with its password hidden (centralized_db)."""
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
@@ -96,6 +97,40 @@ class BadRowValue(DatabaseError):
 
 class SchemaMismatch(DatabaseError):
     """The file is a database, but ``cached_images`` is missing or different."""
+
+
+class GlanceSchemaMismatch(SchemaMismatch):
+    """Glance's main database lacks the centralized cache's tables or columns.
+
+    Unlike a damaged ``cache.db`` (a failed run), this means the configured
+    database is not the one Glance's ``db sync`` built: a configuration error.
+    """
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Glance's database server cannot be reached or refuses the login.
+
+    A runtime failure, not a configuration error: the next scheduled run
+    tries again. ``path`` is the database URL with its password hidden.
+    """
+
+
+class NodeNotRegistered(DatabaseError):
+    """No ``node_reference`` row has this node's URL, so no row is this node's.
+
+    glance-api registers its ``worker_self_reference_url`` when it starts;
+    the agent never creates that row, since a wrong URL would then silently
+    maintain an empty set of rows beside the real ones.
+    """
+
+    def __init__(self, path: str, node_url: str, message: str) -> None:
+        super().__init__(path, message)
+        self.node_url = node_url
+
+
+class UnsupportedDatabase(BadDriverConfiguration):
+    """The database URL names no supported server (PostgreSQL, MySQL/MariaDB,
+    SQLite for tests) or its DB-API driver is not installed."""
 
 
 def translate(path: str, exc: sqlite3.Error) -> DatabaseError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +42,12 @@ class CachedRow:
 
     def unchanged_since(self, planned: CachedRow) -> bool:
         """Whether nobody read the image since ``planned`` was seen: the
-        check prune makes before evicting a victim it planned earlier."""
-        return self.last_accessed == planned.last_accessed
+        check prune makes before evicting a victim it planned earlier.
+
+        ``hits`` is compared too: a server's DATETIME may keep whole seconds
+        only (MySQL/MariaDB), so a read within the same second leaves
+        ``last_accessed`` as it was but not ``hits``."""
+        return self.last_accessed == planned.last_accessed and self.hits == planned.hits
 
 
 class MetadataStore(Protocol):
@@ -144,4 +148,27 @@ class MetadataStore(Protocol):
         ...
 
 
-__all__ = ["CachedRow", "MetadataStore"]
+@runtime_checkable
+class DeadImageLookup(Protocol):
+    """An optional store capability: telling which images Glance itself deleted.
+
+    Only a store beside Glance's ``images`` table has it (``centralized_db``
+    with SELECT on ``images``). Such images can never be served again, so
+    prune evicts them first and the exporter counts them; maintenance asks
+    through ``dead_rows`` below and so stays store-agnostic.
+    """
+
+    def dead_rows(self) -> list[CachedRow] | None:
+        """The rows of images Glance deleted, in eviction order ``(last_accessed,
+        image_id)``; None: cannot tell."""
+        ...
+
+
+def dead_rows(store: object) -> list[CachedRow] | None:
+    """``store``'s rows of images Glance deleted; None when the store cannot tell."""
+    if isinstance(store, DeadImageLookup):
+        return store.dead_rows()
+    return None
+
+
+__all__ = ["CachedRow", "DeadImageLookup", "MetadataStore", "dead_rows"]

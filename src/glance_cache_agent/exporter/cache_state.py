@@ -14,10 +14,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..driver import STATES, CacheDriver, FileInfo
+from ..driver.store import dead_rows
 from ..maintenance import take_snapshot
+from ..redact import mask_url
 
 #: Most foreign names ``status`` lists (the count is always complete).
 FOREIGN_LIST_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Where a cache's rows live: ``status`` shows it, ``glance_cache_info`` exports it.
+
+    ``node_url`` (this node's ``node_reference_url``) only with centralized_db,
+    shown with any password masked. Never the database URL: it holds a password.
+    """
+
+    driver: str
+    node_url: str | None = None
+
+    @classmethod
+    def of(cls, driver: str, node_url: str | None) -> StoreInfo:
+        """The store of ``cache.driver``; a node URL only where rows are scoped by one."""
+        scoped = driver == "centralized_db" and node_url is not None
+        return cls(driver, mask_url(node_url) if scoped and node_url else None)
+
+    def as_dict(self) -> dict[str, str]:
+        """``driver`` and, with centralized_db, ``node_url`` (status JSON, metric labels)."""
+        shown = {"driver": self.driver}
+        if self.node_url is not None:
+            shown["node_url"] = self.node_url
+        return shown
+
+
+#: the store of a cache whose rows are in ``cache.db``
+SQLITE_STORE = StoreInfo("sqlite")
 
 
 @dataclass(frozen=True)
@@ -67,6 +98,10 @@ class CacheState:
     images_omitted: int
     #: ``hits`` of every row by image id (what ``hits_increase`` compares)
     image_hits: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    #: cached images (row and file) Glance deleted, and their file bytes; None
+    #: when the store cannot tell (sqlite, or no SELECT on Glance's ``images``)
+    dead_images: int | None = None
+    dead_bytes: int | None = None
 
 
 def hits_increase(before: Mapping[str, int] | None, now: Mapping[str, int]) -> int:
@@ -106,6 +141,7 @@ def compute_cache_state(
     foreign = _foreign_names(snapshot.foreign(), states)
     limit = max(0, per_image_limit)
     top = heapq.nsmallest(limit, tracked.values(), key=lambda p: (-p[0].hits, p[0].image_id))
+    dead = _dead_tracked(driver, tracked)
     return CacheState(
         computed_at=snapshot.taken_at,
         duration=time.monotonic() - started,
@@ -127,7 +163,15 @@ def compute_cache_state(
         top_images=tuple(ImageStat(row.image_id, row.hits, info.size) for row, info in top),
         images_omitted=len(tracked) - len(top),
         image_hits={image_id: row.hits for image_id, row in snapshot.rows.items()},
+        dead_images=None if dead is None else len(dead),
+        dead_bytes=None if dead is None else sum(tracked[key][1].size for key in dead),
     )
+
+
+def _dead_tracked(driver: CacheDriver, tracked: Mapping[str, object]) -> set[str] | None:
+    """Tracked images (row and file) Glance deleted; None when the store cannot tell."""
+    rows = dead_rows(driver.store)
+    return None if rows is None else {r.image_id for r in rows if r.image_id in tracked}
 
 
 def _foreign_names(
@@ -140,10 +184,11 @@ def _foreign_names(
     return found
 
 
-def status_document(state: CacheState, cache_dir: str) -> dict[str, Any]:
+def status_document(state: CacheState, cache_dir: str, store: StoreInfo) -> dict[str, Any]:
     """The ``status --json`` document: DESIGN section 4 keys, then a few more."""
     return {
         "cache_dir": cache_dir,
+        **store.as_dict(),
         "size_bytes": state.size_bytes,
         "max_size_bytes": state.max_size_bytes,
         "cached_images": state.cached_images,

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from ..config import MetricsConfig
 from ..driver import CacheDriver
 from ..log import get_logger
+from ..service.runner import close_driver
 from .cache_state import CacheState, compute_cache_state, hits_increase
 
 __all__ = ["CacheStateCollector"]
@@ -94,7 +95,11 @@ class CacheStateCollector(Collector):
     def compute(self) -> CacheState:
         """Measure the cache (the slow part; never called by ``collect()``)."""
         max_size = self.max_size() if callable(self.max_size) else self.max_size
-        return compute_cache_state(self.driver_factory(), max_size, self.per_image_limit)
+        driver = self.driver_factory()
+        try:
+            return compute_cache_state(driver, max_size, self.per_image_limit)
+        finally:
+            close_driver(driver)
 
     @property
     def state(self) -> CacheState | None:
@@ -210,6 +215,14 @@ class CacheStateCollector(Collector):
             )
         yield gauge("orphan_files", "Image files without a database row.", s.orphan_files)
         yield gauge("phantom_rows", "Database rows without an image file.", s.phantom_rows)
+        if s.dead_images is not None and s.dead_bytes is not None:
+            yield gauge(
+                "dead_images",
+                "Cached images Glance deleted (centralized_db, SELECT on images): prune"
+                " evicts them first.",
+                s.dead_images,
+            )
+            yield gauge("dead_bytes", "Bytes of the cached images Glance deleted.", s.dead_bytes)
         yield gauge(
             "untracked_bytes",
             "Bytes no row accounts for: image files without a row, and foreign files.",

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..maintenance import CleanResult, PruneResult, ReconcileResult
 from ..service.run_records import RunRecord
-from .cache_state import CacheState, ImageStat, compute_cache_state
+from .cache_state import SQLITE_STORE, CacheState, ImageStat, StoreInfo, compute_cache_state
 from .collector import CacheStateCollector
 from .evictions import EvictionMemory
 
@@ -47,7 +47,12 @@ class AgentMetrics(Collector):
     too, as DESIGN section 4 fixes).
     """
 
-    def __init__(self, tasks: Iterable[str], version: str = __version__) -> None:
+    def __init__(
+        self,
+        tasks: Iterable[str],
+        version: str = __version__,
+        store: StoreInfo = SQLITE_STORE,
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
         #: called (outside the lock) before each scrape: folds in other processes' runs
@@ -111,6 +116,13 @@ class AgentMetrics(Collector):
         )
         self.build = Info("glance_cache_build", "Agent build information.", registry=None)
         self.build.info({"version": version})
+        self.store = Info(
+            "glance_cache",
+            "The cache's metadata store: driver (sqlite or centralized_db) and, with"
+            " centralized_db, node_url (this node's node_reference_url).",
+            registry=None,
+        )
+        self.set_store(store)
         for task in tasks:
             self.ensure_task(task)
         for reason in REMOVAL_REASONS:
@@ -130,7 +142,13 @@ class AgentMetrics(Collector):
             self.removed_files,
             self.uninspectable,
             self.build,
+            self.store,
         )
+
+    def set_store(self, store: StoreInfo) -> None:
+        """Publish which store the cache's rows are in (at start-up and after a reload)."""
+        with self._lock:
+            self.store.info(store.as_dict())
 
     def set_intervals(self, intervals: dict[str, float]) -> None:
         """Publish each scheduled task's expected gap; drop tasks no longer scheduled."""
@@ -249,6 +267,7 @@ __all__ = [
     "CacheState",
     "CacheStateCollector",
     "ImageStat",
+    "StoreInfo",
     "build_registry",
     "compute_cache_state",
 ]

@@ -8,14 +8,21 @@ the rows in one short ``BEGIN IMMEDIATE`` transaction, pause, repeat.
 
 The file goes before the row: a crash in between leaves a harmless phantom
 row (reconcile drops it), never an orphan file nobody would prune.
+
+Images Glance deleted (a store that can tell: ``dead_rows``) come
+first in the eviction order, before any LRU victim: nobody can read them
+again. They are still victims like the others: evicted only when the run
+is triggered and until the target, never when protected, and through the
+same compare-and-delete.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..driver import (
@@ -27,6 +34,7 @@ from ..driver import (
     fsync_directory,
 )
 from ..driver.crashpoints import crash_point
+from ..driver.store import dead_rows
 from .idle import ClockStep, idle_clock
 from .results import PruneResult, fail_partway, note_failure
 from .snapshot import PruneView, take_streaming_snapshot
@@ -66,6 +74,8 @@ class Victim:
     row: CachedRow
     file: FileInfo
     idle: bool
+    #: Glance deleted the image: it can never be served again
+    dead: bool = False
 
     @property
     def image_id(self) -> str:
@@ -102,8 +112,32 @@ class PrunePlan:
             untracked_bytes=self.untracked_bytes,
             hits_evicted=sum(v.row.hits for v in self.victims),
             idle_images=sum(1 for v in self.victims if v.idle),
+            dead_images=sum(1 for v in self.victims if v.dead),
             protected_skipped=self.protected_skipped,
         )
+
+
+@dataclass(frozen=True)
+class DeadFirst:
+    """Images Glance deleted: prune's first candidates, in LRU order."""
+
+    ids: frozenset[str] = frozenset()
+    rows: tuple[CachedRow, ...] = ()
+    #: an image's file (None: gone), looked up only as candidates are consumed
+    stat: Callable[[str], FileInfo | None] = lambda _image_id: None
+
+    def then(
+        self, lru: Iterator[tuple[CachedRow, FileInfo]]
+    ) -> Iterator[tuple[CachedRow, FileInfo]]:
+        """These images with a file, then ``lru`` without them."""
+        found = ((row, self.stat(row.image_id)) for row in self.rows)
+        first = ((row, info) for row, info in found if info is not None)
+        rest = ((row, info) for row, info in lru if row.image_id not in self.ids)
+        return itertools.chain(first, rest)
+
+
+#: no image known to be deleted in Glance
+NO_DEAD = DeadFirst()
 
 
 def plan_prune(
@@ -113,6 +147,7 @@ def plan_prune(
     *,
     newest_access: float | None = None,
     clock_steps: Sequence[ClockStep] = (),
+    dead_first: Callable[[], DeadFirst] | None = None,
 ) -> PrunePlan:
     """Choose victims over a snapshot; touches nothing and always terminates.
 
@@ -122,7 +157,9 @@ def plan_prune(
     projected size is above the target. When untracked bytes alone exceed the
     target no image is evicted for size: evicting them all would not reach it.
     ``newest_access`` and ``clock_steps`` guard idle eviction against
-    wall-clock steps (``idle.py``).
+    wall-clock steps (``idle.py``). ``dead_first`` looks up the images
+    Glance deleted, taken before every other candidate; it is called only
+    when the run can evict anything (a lookup over every row otherwise wasted).
     """
     moment = snapshot.taken_at if now is None else now
     size = snapshot.size_bytes
@@ -142,18 +179,23 @@ def plan_prune(
     projected = size
     protected = 0
     limit = policy.max_images_per_run
-    for row, info in snapshot.lru_candidates(size - target if size_driven else 0):
+    can_evict = size_driven or idle is not None
+    dead = dead_first() if dead_first is not None and can_evict else NO_DEAD
+    lru = snapshot.lru_candidates(size - target if size_driven else 0)
+    for row, info in dead.then(lru):
         if row.image_id in policy.protected_images:
             protected += 1
             continue
         is_idle = idle is not None and idle.is_idle(row.last_accessed)
         if not (is_idle or (size_driven and projected > target)):
+            if idle is not None and row.image_id in dead.ids:
+                continue  # a dead image not idle: an idle one may follow it
             stopped_by = "target_reached"
             break
         if limit is not None and len(victims) >= limit:
             stopped_by = "max_images"
             break
-        victims.append(Victim(row=row, file=info, idle=is_idle))
+        victims.append(Victim(row=row, file=info, idle=is_idle, dead=row.image_id in dead.ids))
         projected -= info.size
     else:
         stopped_by = "no_candidates" if size_driven and projected > target else "target_reached"
@@ -177,6 +219,15 @@ def plan_prune(
         filesystem_free_bytes=fs.free_bytes,
         victims=victims,
     )
+
+
+def dead_first_lookup(driver: CacheDriver) -> DeadFirst:
+    """The images Glance deleted that still have a row here (none when the
+    store cannot tell: sqlite, or no SELECT on Glance's ``images``)."""
+    rows = dead_rows(driver.store)
+    if not rows:
+        return NO_DEAD
+    return DeadFirst(frozenset(r.image_id for r in rows), tuple(rows), driver.stat_image)
 
 
 def _evict_files(driver: CacheDriver, batch: list[Victim], result: PruneResult) -> list[Victim]:
@@ -233,7 +284,7 @@ def execute_prune(
     result = plan.result(dry_run=False)
     result.pruned_images = result.pruned_bytes = 0
     result.images = []
-    result.idle_images = result.hits_evicted = 0
+    result.idle_images = result.hits_evicted = result.dead_images = 0
     try:
         _evict_batches(driver, plan, policy, result, pause, stop)
     except (DriverError, OSError) as exc:
@@ -279,6 +330,7 @@ def _evict_batches(
             result.images.append(victim.image_id)
             result.pruned_bytes += victim.file.size
             result.idle_images += victim.idle
+            result.dead_images += victim.dead
             result.hits_evicted += victim.row.hits
         result.pruned_images = len(result.images)
         fsync_directory(driver.base_dir)
@@ -292,7 +344,13 @@ def _plan(
     """Snapshot and plan; the newest read is looked up only when idle eviction is on."""
     snapshot = take_streaming_snapshot(driver, now)
     newest = None if policy.max_idle is None else driver.store.newest_access()
-    return plan_prune(snapshot, policy, newest_access=newest, clock_steps=clock_steps)
+    return plan_prune(
+        snapshot,
+        policy,
+        newest_access=newest,
+        clock_steps=clock_steps,
+        dead_first=lambda: dead_first_lookup(driver),
+    )
 
 
 def run_prune(

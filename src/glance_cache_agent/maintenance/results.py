@@ -126,6 +126,9 @@ class PruneResult(_Result):
     #: hits the evicted images had (keeps a monotonic hit counter monotonic)
     hits_evicted: int = 0
     idle_images: int = 0
+    #: evicted images Glance deleted (centralized_db with SELECT on ``images``):
+    #: evicted first, whatever their last access
+    dead_images: int = 0
     protected_skipped: int = 0
     #: victims left alone because they changed after planning (read, re-cached, gone)
     skipped_images: list[str] = field(default_factory=list)

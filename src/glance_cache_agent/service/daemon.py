@@ -25,6 +25,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config, ConfigError, load_config
 from ..config.cron import expected_gap
+from ..exporter.cache_state import StoreInfo
 from ..exporter.collector import CacheStateCollector
 from ..exporter.endpoint import MetricsServer, MetricsServerError
 from ..exporter.metrics import AgentMetrics, build_registry
@@ -91,6 +92,10 @@ class Health:
         return not reasons, body
 
 
+def _store(config: Config) -> StoreInfo:
+    return StoreInfo.of(config.cache.driver, config.cache.node_url)
+
+
 def _enabled(config: Config) -> list[str]:
     return [name for name, schedule in config.tasks.items() if schedule.enabled]
 
@@ -110,7 +115,7 @@ class Agent:
         self._overdue_logged: set[str] = set()
         tasks = _enabled(config)
         self.health = Health(tasks=frozenset(tasks))
-        self.metrics = AgentMetrics(tasks=tasks, version=__version__)
+        self.metrics = AgentMetrics(tasks=tasks, version=__version__, store=_store(config))
         self.collector = CacheStateCollector(
             driver_factory=lambda: open_driver(self.config),
             max_size=lambda: self.config.cache.max_size,
@@ -245,6 +250,7 @@ class Agent:
             self.notifier.ready(status="reload refused: invalid schedule")
             return
         self.config = new
+        self.metrics.set_store(_store(new))
         self._publish_intervals()
         configure_logging(new.logging.level, self.log_format or new.logging.format, sys.stdout)
         if new.metrics != old.metrics:

@@ -34,6 +34,7 @@ import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from ..log import event_processors, get_logger, logger_processors
+from ..redact import mask_text
 
 __all__ = ["FORMATS", "LEVELS", "configure_logging", "get_logger", "syslog_priority"]
 
@@ -93,6 +94,17 @@ class _JournalJSONRenderer:
         if isinstance(rendered, bytes):  # only with a bytes-producing serializer
             rendered = rendered.decode()
         return f"<{priority}>{rendered}"
+
+
+class _MaskingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders like its base, then masks the password of any URL in the line.
+
+    Whatever quotes Glance's database URL (an exception from a driver, a
+    library's log line), the password never reaches the journal.
+    """
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        return mask_text(super().format(record))
 
 
 def _drop_formatter_attributes(
@@ -168,7 +180,7 @@ def configure_logging(level: str, fmt: str = "auto", stream: TextIO | None = Non
         cache_logger_on_first_use=True,
     )
 
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _MaskingFormatter(
         foreign_pre_chain=[
             *event_processors(),
             structlog.stdlib.ExtraAdder(),

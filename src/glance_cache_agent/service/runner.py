@@ -12,13 +12,14 @@ Every real (non-dry) run, finished or failed, is recorded in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TASK_NAMES, Config
+from ..config import TASK_NAMES, Config, ConfigError
 from ..driver import CacheDirectoryError, CacheDriver, Driver
 from ..log import get_logger
 from ..maintenance import (
@@ -30,6 +31,7 @@ from ..maintenance import (
     run_reconcile,
 )
 from ..maintenance.idle import ClockStep
+from ..redact import mask_text
 from .locks import LockBusy, maintenance_lock
 from .run_records import append_run
 
@@ -56,9 +58,10 @@ def run_problem(outcome: object) -> str | None:
     A run that raised failed; so did one that finished but could not remove
     some files (its result lists them): the CLI exits 1 for it, and the
     daemon reports it the same way, in ``/healthz`` and the failure counter.
+    A database URL in the reason never shows its password.
     """
     if isinstance(outcome, BaseException):
-        return f"{type(outcome).__name__}: {outcome}"
+        return mask_text(f"{type(outcome).__name__}: {outcome}")
     errors = outcome.result.errors if isinstance(outcome, TaskOutcome) else []
     if errors:
         return f"{len(errors)} file operation(s) failed, first: {errors[0]}"
@@ -87,23 +90,66 @@ def _record(recorder: Recorder | None, task: str, duration: float, outcome: obje
         LOG.warning("cannot record the run for the daemon's metrics", task=task, error=str(exc))
 
 
-def open_driver(config: Config) -> Driver:
-    """A driver on the configured cache; the directory and its database must
-    already exist, and the database must be readable with Glance's schema.
+def open_driver(config: Config) -> CacheDriver:
+    """A driver on the configured cache, with the store ``cache.driver`` names;
+    the directory and its database must already exist, and the database must
+    be readable with Glance's schema.
 
     Nothing is created here: a wrong path must fail loudly, not produce an
     empty cache next to the real one. Checking the database up front (one
-    cheap schema query) makes a missing or corrupt ``cache.db`` fail before
-    any lock file is created in the cache directory or the runtime dir.
+    cheap schema query; for centralized_db also the connection and this
+    node's ``node_reference`` row) makes a missing or corrupt database fail
+    before any lock file is created in the cache directory or the runtime dir.
+    SQLAlchemy is imported only for centralized_db, so the sqlite path starts fast.
     """
     directory = config.cache.dir
     if not os.path.lexists(directory):
         raise CacheDirectoryError(f"cache directory {directory} does not exist")
     if not os.path.isdir(directory):
         raise CacheDirectoryError(f"cache directory {directory} is not a directory")
+    if config.cache.driver == "centralized_db":
+        return _open_centralized(config)
     driver = Driver(config.cache_settings())
     driver.store.check_schema()
     return driver
+
+
+@contextlib.contextmanager
+def opened_driver(config: Config) -> Iterator[CacheDriver]:
+    """``open_driver``, closed on exit: a centralized_db driver's pooled
+    connections go back to the server now, not whenever the collector runs.
+
+    For the daemon, which opens a driver for every run and every cache-state
+    refresh; a one-shot CLI command simply exits.
+    """
+    driver = open_driver(config)
+    try:
+        yield driver
+    finally:
+        close_driver(driver)
+
+
+def close_driver(driver: CacheDriver) -> None:
+    """Release what ``driver`` holds open (a centralized_db driver's connections)."""
+    close = getattr(driver, "close", None)  # only drivers holding connections have one
+    if callable(close):
+        close()
+
+
+def _open_centralized(config: Config) -> CacheDriver:
+    """The centralized_db driver: this node's rows in Glance's database.
+
+    The loader already refuses a centralized_db config without both URLs;
+    a ``Config`` built in code gets the same exit 78.
+    """
+    from ..driver.centralized import open_centralized_driver
+
+    database, node_url = config.cache.database, config.cache.node_url
+    if database is None or node_url is None:
+        raise ConfigError(
+            "cache.driver is centralized_db: cache.database and cache.node_url must both be set"
+        )
+    return open_centralized_driver(config.cache_settings(), database, node_url)
 
 
 def run_task(
@@ -139,17 +185,17 @@ def run_task(
     recorder = None if dry_run else record or journal_recorder(config.agent.runtime_dir)
     started = time.monotonic()
     try:
-        driver = open_driver(config)
-        started = time.monotonic()
-        if dry_run:
-            result = _dispatch(
-                config, driver, task, True, max_size, stall_time, pause, stop, clock_steps
-            )
-        else:
-            with maintenance_lock(config.agent.runtime_dir, lock_wait, stop):
+        with opened_driver(config) as driver:
+            started = time.monotonic()
+            if dry_run:
                 result = _dispatch(
-                    config, driver, task, False, max_size, stall_time, pause, stop, clock_steps
+                    config, driver, task, True, max_size, stall_time, pause, stop, clock_steps
                 )
+            else:
+                with maintenance_lock(config.agent.runtime_dir, lock_wait, stop):
+                    result = _dispatch(
+                        config, driver, task, False, max_size, stall_time, pause, stop, clock_steps
+                    )
     except LockBusy:
         raise
     except Exception as exc:

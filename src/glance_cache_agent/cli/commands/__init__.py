@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import check_config, images, maintenance, run, status
+from . import check_config, images, maintenance, nodes, run, status
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -34,4 +34,5 @@ COMMANDS: dict[str, Command] = {
     "delete-all-cached": images.cmd_delete_all_cached,
     "delete-all-queued": images.cmd_delete_all_queued,
     "check-config": check_config.cmd_check_config,
+    "nodes": nodes.cmd_nodes,
 }

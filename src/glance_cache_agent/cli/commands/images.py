@@ -19,10 +19,10 @@ from ..render import render_delete, render_delete_all
 
 if TYPE_CHECKING:
     from ...config import Config
-    from ...driver import Driver
+    from ...driver import CacheDriver
 
 
-def _validate_ids(driver: Driver, ids: Sequence[str]) -> list[str]:
+def _validate_ids(driver: CacheDriver, ids: Sequence[str]) -> list[str]:
     """``ids`` unchanged, or a UsageError (exit 2) naming the first bad one."""
     from ...driver import image_id_problem
 

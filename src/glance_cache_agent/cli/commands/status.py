@@ -15,16 +15,17 @@ if TYPE_CHECKING:
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     """One summary of the cache (the same figures the exporter publishes)."""
-    from ...exporter.cache_state import compute_cache_state, status_document
+    from ...exporter.cache_state import StoreInfo, compute_cache_state, status_document
     from ...service.runner import open_driver
     from ..render import render_status
 
     driver = open_driver(config)
     state = compute_cache_state(driver, config.cache.max_size, per_image_limit=0)
+    store = StoreInfo.of(config.cache.driver, config.cache.node_url)
     emit(
         args,
-        status_document(state, driver.base_dir),
-        lambda: render_status(state, driver.base_dir),
+        status_document(state, driver.base_dir, store),
+        lambda: render_status(state, driver.base_dir, store),
     )
     return ExitCode.OK
 
