@@ -43,6 +43,7 @@ import pytest
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from tests.helpers import tools
 from tests.helpers.glance_schema import create_glance_schema
 
 #: The application account tests connect as (over TCP, with a password, as Glance does).
@@ -63,16 +64,9 @@ class ServerStartError(RuntimeError):
     """The server did not come up; the message carries the tail of its log."""
 
 
-def ci() -> bool:
-    """True when running in CI (``CI`` set to anything but an explicit no)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def unavailable(reason: str) -> NoReturn:
     """Skip a test that needs a database server; in CI, where one must exist, fail it."""
-    if ci():
-        pytest.fail(f"CI must run the database server tests: {reason}", pytrace=False)
-    pytest.skip(reason)
+    tools.unavailable(reason, "the database server tests")
 
 
 def find_binary(name: str, extra_dirs: list[str]) -> str | None:

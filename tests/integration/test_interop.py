@@ -36,6 +36,7 @@ from glance_cache_agent.maintenance import (
 )
 from tests.helpers.cache import cache_image, read_image, write_file
 from tests.helpers.glance_harness import GlanceHarness, load_glance
+from tests.helpers.tools import ci
 
 pytestmark = pytest.mark.interop
 
@@ -47,10 +48,6 @@ def NO_PAUSE(seconds: float) -> None:
 LOCK_FILE = "image_cache_db_init"
 
 
-def _ci() -> bool:
-    """True when running in CI (``CI`` set to anything but an explicit no)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
 
 @pytest.fixture(scope="module")
 def glance() -> Iterator[GlanceHarness]:
@@ -58,7 +55,7 @@ def glance() -> Iterator[GlanceHarness]:
     try:
         harness = load_glance()
     except ImportError as exc:
-        if _ci():
+        if ci():
             pytest.fail(
                 f"CI is set but Glance cannot be imported ({exc}): the interop tests must run "
                 "in CI; install the 'interop' extra (pip install -e '.[test,interop]')",

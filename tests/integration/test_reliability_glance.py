@@ -50,6 +50,7 @@ from glance_cache_agent.maintenance import (
     run_prune,
     run_reconcile,
 )
+from tests.helpers.tools import ci
 
 pytestmark = [pytest.mark.slow, pytest.mark.interop]
 
@@ -81,9 +82,6 @@ def _duration() -> float:
     raw = os.environ.get("GLANCE_CACHE_AGENT_RELIABILITY_SECONDS", "").strip()
     return float(raw) if raw else DEFAULT_SECONDS
 
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -263,7 +261,7 @@ def _stop(procs: list[tuple[dict[str, Any], subprocess.Popen[str]]]) -> None:
 
 def test_agent_beside_four_live_glance_workers(tmp_path: Path) -> None:
     if importlib.util.find_spec("glance") is None:
-        if _ci():
+        if ci():
             pytest.fail("CI is set but Glance is not installed (the interop extra)", pytrace=False)
         pytest.skip("glance is not importable; install the 'interop' extra")
 
